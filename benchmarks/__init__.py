@@ -1,0 +1,1 @@
+"""Benchmarks, run on demand with `make bench`; results are written under build/bench/."""
