@@ -10,6 +10,8 @@ from torch import nn
 from data_tools.labels import NUM_FINDINGS
 
 ARCHITECTURES = ("compact", "densenet121")
+# Out-of-place ReLU: torch.func (vmap over several hospitals' models) and Opacus hooks need it.
+_ACT = ("relu", {"inplace": False})
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ def build_model(config: ModelConfig) -> nn.Module:
             in_channels=config.in_channels,
             out_channels=config.num_classes,
             norm=("group", {"num_groups": 32}),
+            act=_ACT,
             dropout_prob=config.dropout,
         )
     if config.architecture == "compact":
@@ -46,6 +49,7 @@ def build_model(config: ModelConfig) -> nn.Module:
             block_config=(2, 2, 2),  # keeps every width a multiple of 8 for GroupNorm
             bn_size=2,
             norm=("group", {"num_groups": config.norm_groups}),
+            act=_ACT,
             dropout_prob=config.dropout,
         )
     raise ValueError(f"unknown architecture {config.architecture!r}; choose one of {ARCHITECTURES}")

@@ -1,0 +1,182 @@
+"""Cost of consensus next to training: ECL step vs DenseNet-121 step, wire encode/decode MB/s."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from consensus.algorithms import make_algorithm
+from consensus.config import ConsensusConfig
+from consensus.schema import MessageSchema
+from consensus.wire import (
+    Message,
+    MessageGate,
+    MessageHeader,
+    decode_message,
+    encode_message,
+)
+from hospital_node.model import ModelConfig, build_model
+
+DEFAULT_OUT = Path("build/bench/consensus.json")
+GOAL_RATIO = 0.03  # consensus work per step <= 3% of one training step
+
+
+def median_seconds(run: Callable[[], object], *, repeats: int, warmup: int = 1) -> float:
+    """Median wall time of `run` over `repeats` calls, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def training_step(model: nn.Module, *, batch: int, image_size: int) -> Callable[[], None]:
+    """One forward/backward pass of a multi-label batch (BCE over 14 findings)."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 1, image_size, image_size, generator=generator)
+    labels = (torch.rand(batch, 14, generator=generator) < 0.2).float()
+    loss_fn = nn.BCEWithLogitsLoss()
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        loss_fn(model(images), labels).backward()
+
+    return step
+
+
+def consensus_steps(model: nn.Module) -> dict[str, Callable[[], None]]:
+    """ECL-PDMM at a ring node on the model's gradients: local_step, outgoing to 2 peers, both."""
+    params = {name: p for name, p in model.named_parameters()}
+    grads = {name: p.grad.detach().clone() for name, p in params.items()}  # type: ignore[union-attr]
+    config = ConsensusConfig(method="ecl-pdmm", learning_rate=0.01)
+    algorithm = make_algorithm(
+        config, node="N2", neighbours=["N1", "N3"], params=params, node_order=["N1", "N2", "N3"]
+    )
+
+    def local_step() -> None:
+        algorithm.local_step(grads)
+
+    def outgoing() -> None:
+        algorithm.outgoing("N1")
+        algorithm.outgoing("N3")
+
+    def both() -> None:
+        local_step()
+        outgoing()
+
+    return {"local_step": local_step, "outgoing": outgoing, "step": both}
+
+
+def wire_throughput(model: nn.Module, *, repeats: int) -> dict[str, float]:
+    """MB/s of encode, decode, and gate.accept (decode + every check) for one dual message."""
+    tensors = {f"y/{n}": p.detach().clone() for n, p in model.named_parameters()}
+    schema = MessageSchema.from_tensors("ecl-pdmm", tensors)
+    header = MessageHeader(
+        sender="N1", receiver="N2", method="ecl-pdmm", schema_hash=schema.digest, sequence=1
+    )
+    message = Message(header=header, tensors=tensors)
+    data = encode_message(message)
+    gates = iter([MessageGate(node="N2", peers=["N1"], schema=schema) for _ in range(repeats + 1)])
+    megabytes = len(data) / 1e6
+    times = {
+        "encode": median_seconds(lambda: encode_message(message), repeats=repeats),
+        "decode": median_seconds(lambda: decode_message(data), repeats=repeats),
+        "gate_accept": median_seconds(lambda: next(gates).accept(data), repeats=repeats),
+    }
+    result = {"message_mb": megabytes, "parameters": sum(t.numel() for t in tensors.values())}
+    result.update({f"{k}_mb_per_s": megabytes / t for k, t in times.items()})
+    result.update({f"{k}_ms": 1e3 * t for k, t in times.items()})
+    return result
+
+
+def run(*, threads: int, repeats: int, batch: int, image_size: int) -> dict[str, Any]:
+    """All figures from one process, so the ratio compares like with like.
+
+    The load average goes into the result: on a shared machine other processes slow the
+    many small ECL kernels and the large convolutions differently, so read the ratio
+    together with it.
+    """
+    load_before = os.getloadavg()[0]
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(architecture="densenet121", image_size=image_size))
+    train = training_step(model, batch=batch, image_size=image_size)
+    train_s = median_seconds(train, repeats=repeats)  # also leaves .grad for the ECL step
+    ecl = consensus_steps(model)
+    ecl_repeats = max(repeats, 10)
+    ecl_s = median_seconds(ecl["step"], repeats=ecl_repeats)
+    local_s = median_seconds(ecl["local_step"], repeats=ecl_repeats)
+    outgoing_s = median_seconds(ecl["outgoing"], repeats=ecl_repeats)
+    return {
+        "threads": threads,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "model": "densenet121 (GroupNorm)",
+        "batch": batch,
+        "image_size": image_size,
+        "train_step_ms": 1e3 * train_s,
+        "ecl_step_ms": 1e3 * ecl_s,
+        "ecl_local_step_ms": 1e3 * local_s,
+        "ecl_outgoing_2_peers_ms": 1e3 * outgoing_s,
+        "ecl_over_train": ecl_s / train_s,
+        "goal_ratio": GOAL_RATIO,
+        "meets_goal": ecl_s / train_s <= GOAL_RATIO,
+        "wire": wire_throughput(model, repeats=repeats),
+        "load_average_1min": [load_before, os.getloadavg()[0]],
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    wire = result["wire"]
+    rows = [
+        ("threads", f"{result['threads']}"),
+        ("load average (start, end)", ", ".join(f"{x:.1f}" for x in result["load_average_1min"])),
+        ("train step (fwd+bwd)", f"{result['train_step_ms']:.1f} ms"),
+        ("ECL-PDMM step + 2 outgoing", f"{result['ecl_step_ms']:.2f} ms"),
+        ("  of which local_step", f"{result['ecl_local_step_ms']:.2f} ms"),
+        ("  of which 2 x outgoing", f"{result['ecl_outgoing_2_peers_ms']:.2f} ms"),
+        ("ratio (goal <= 3%)", f"{100 * result['ecl_over_train']:.2f} %"),
+        ("message size", f"{wire['message_mb']:.1f} MB ({wire['parameters']:,} params)"),
+        ("encode", f"{wire['encode_mb_per_s']:.0f} MB/s ({wire['encode_ms']:.1f} ms)"),
+        ("decode", f"{wire['decode_mb_per_s']:.0f} MB/s ({wire['decode_ms']:.1f} ms)"),
+        (
+            "gate.accept",
+            f"{wire['gate_accept_mb_per_s']:.0f} MB/s ({wire['gate_accept_ms']:.1f} ms)",
+        ),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    result = run(
+        threads=args.threads, repeats=args.repeats, batch=args.batch, image_size=args.image_size
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

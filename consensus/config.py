@@ -1,0 +1,98 @@
+"""ConsensusConfig: the method and its hyper-parameters, spelled out (docs/algorithm.md sec. 2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+METHODS: tuple[str, ...] = ("ecl-pdmm", "ecl-admm", "gossip", "fedavg", "local")
+ECL_METHODS: tuple[str, ...] = ("ecl-pdmm", "ecl-admm")
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine", "cyclical")
+
+
+class ConsensusConfigError(ValueError):
+    """A consensus hyper-parameter is out of range; the message names the field and the fix."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsensusConfig:
+    """How one node learns and agrees with its peers.
+
+    Every weight is relative to the inverse step size mu = 1 / learning_rate (eq. 5), so an
+    lr schedule moves the gradient step and keeps the local-vs-consensus balance fixed:
+    eta = consensus_weight * mu and rho = proximity_weight * mu.
+
+    `learning_rate` is the peak rate of every schedule: the constant rate, the start of the
+    cosine decay, the top of the cyclical triangle (`min_learning_rate` is its bottom).
+    """
+
+    method: str = "ecl-pdmm"
+    learning_rate: float = 0.01
+    # eta / mu (eq. 6); 0.5 was fastest in the scans of docs/algorithm.md sec. 7.
+    consensus_weight: float = 0.5
+    # Scale eta per tensor by sqrt(fan-in) (eq. 6); off by default, see docs/algorithm.md.
+    fan_in_scaling: bool = False
+    # rho / mu; > 0 also sends the model itself, doubling the traffic (eq. 7).
+    proximity_weight: float = 0.0
+    # theta of ECL-ADMM's averaged dual update (eq. 10); ignored by the other methods.
+    admm_relaxation: float = 0.5
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    # Length of the cosine decay in local steps (after warm-up); required for "cosine".
+    schedule_steps: int = 0
+    min_learning_rate: float = 0.0
+    # Length of one triangle of the cyclical schedule in local steps; required for "cyclical".
+    cycle_steps: int = 0
+    # FedAvg / co-learning: local epochs between two server rounds (the simulation turns
+    # this into a round interval in steps with `round_interval_steps`).
+    local_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        self._check_choices()
+        self._check_ranges()
+        self._check_schedule()
+
+    def _check_choices(self) -> None:
+        if self.method not in METHODS:
+            raise ConsensusConfigError(f"method={self.method!r}: choose one of {METHODS}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConsensusConfigError(
+                f"lr_schedule={self.lr_schedule!r}: choose one of {LR_SCHEDULES}"
+            )
+
+    def _check_ranges(self) -> None:
+        if not self.learning_rate > 0:
+            raise ConsensusConfigError("learning_rate must be > 0 (mu = 1 / learning_rate)")
+        for name in ("consensus_weight", "proximity_weight", "weight_decay", "min_learning_rate"):
+            if getattr(self, name) < 0:
+                raise ConsensusConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.method in ECL_METHODS and not self.consensus_weight > 0:
+            raise ConsensusConfigError("ECL needs consensus_weight > 0, or models never agree")
+        if not 0 < self.admm_relaxation <= 1:
+            raise ConsensusConfigError("admm_relaxation (theta) must be in (0, 1]; 0.5 is usual")
+        if self.local_epochs < 1:
+            raise ConsensusConfigError("local_epochs must be >= 1")
+        if self.warmup_steps < 0:
+            raise ConsensusConfigError("warmup_steps must be >= 0")
+
+    def _check_schedule(self) -> None:
+        if self.lr_schedule == "cosine" and self.schedule_steps < 1:
+            raise ConsensusConfigError("lr_schedule='cosine' needs schedule_steps >= 1")
+        if self.lr_schedule == "cyclical" and self.cycle_steps < 2:
+            raise ConsensusConfigError("lr_schedule='cyclical' needs cycle_steps >= 2")
+        if self.lr_schedule != "constant" and self.min_learning_rate > self.learning_rate:
+            raise ConsensusConfigError("min_learning_rate must not exceed learning_rate")
+        if self.is_ecl and self.lr_schedule != "constant" and not self.min_learning_rate > 0:
+            raise ConsensusConfigError(
+                "ECL divides by the learning rate (mu = 1 / lr): set min_learning_rate > 0"
+            )
+
+    @property
+    def is_ecl(self) -> bool:
+        return self.method in ECL_METHODS
+
+    def round_interval_steps(self, steps_per_epoch: int) -> int:
+        """FedAvg round length in local steps: `local_epochs` passes over the local data."""
+        if steps_per_epoch < 1:
+            raise ConsensusConfigError("steps_per_epoch must be >= 1")
+        return self.local_epochs * steps_per_epoch

@@ -1,0 +1,141 @@
+"""Pure update rules of ECL-PDMM/ADMM, gossip SGD and FedAvg on {name: Tensor} dicts.
+
+Symbols follow docs/algorithm.md and are used only in this module:
+  mu    inverse step size, 1 / learning_rate            (eq. 5)
+  eta   consensus weight of one tensor, before edges     (eq. 6)
+  c_ij  per-edge weight eta * edge_weight[j]             (eq. 6)
+  rho   proximity weight to the neighbours' last models  (eq. 7)
+  A_ij  edge sign, +1 if i precedes j in the node order  (eq. 3)
+  theta ADMM relaxation                                  (eq. 10)
+  z_ij  dual held by i for edge (i, j); y_ij its outgoing dual (eq. 8)
+Every function returns new tensors and never modifies its arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+TensorDict = dict[str, Tensor]
+
+
+def edge_sign(node_rank: int, peer_rank: int) -> float:
+    """A_ij (eq. 3): +1 if node i precedes peer j in the agreed node order, else -1."""
+    if node_rank == peer_rank:
+        raise ValueError("an edge needs two distinct nodes (same rank given twice)")
+    return 1.0 if node_rank < peer_rank else -1.0
+
+
+def fan_in(tensor: Tensor) -> int:
+    """Inputs feeding one output unit: numel / shape[0] for weights (ndim >= 2), else 1."""
+    if tensor.ndim < 2:
+        return 1
+    return tensor.numel() // tensor.shape[0]
+
+
+def tensor_consensus_weights(
+    params: Mapping[str, Tensor], *, eta: float, fan_in_scaling: bool
+) -> dict[str, float]:
+    """eta per tensor (eq. 6): eta, or eta * sqrt(fan_in) when `fan_in_scaling`."""
+    if not fan_in_scaling:
+        return {name: eta for name in params}
+    return {name: eta * math.sqrt(fan_in(t)) for name, t in params.items()}
+
+
+def add_weight_decay(
+    grads: Mapping[str, Tensor], params: Mapping[str, Tensor], *, weight_decay: float
+) -> TensorDict:
+    """g + weight_decay * w: the gradient of f_i plus an l2 term."""
+    if weight_decay == 0:
+        return dict(grads)
+    return {name: grads[name] + weight_decay * params[name] for name in grads}
+
+
+def ecl_primal_update(
+    params: Mapping[str, Tensor],
+    grads: Mapping[str, Tensor],
+    duals: Mapping[str, Mapping[str, Tensor]],
+    *,
+    mu: float,
+    eta: Mapping[str, float],
+    edges: Mapping[str, tuple[float, float]],
+    rho: float = 0.0,
+    received: Mapping[str, Mapping[str, Tensor]] | None = None,
+) -> TensorDict:
+    """Linearised PDMM primal step (eq. 5), one tensor at a time.
+
+    w <- (mu w - g + sum_j c_ij A_ij z_ij + rho mean_{j recv} w_j) / (mu + sum_j c_ij + rho [recv])
+
+    `duals[peer][name]` is z_ij; `edges[peer]` = (A_ij, edge_weight_ij) so c_ij =
+    eta[name] * edge_weight_ij; `received[peer][name]` the peer's last model (eq. 7).
+    """
+    received = received or {}
+    out: TensorDict = {}
+    for name, weight in params.items():
+        # accumulate the negated numerator g - mu w - ...: one fresh tensor, then in-place ops
+        negated = torch.add(grads[name], weight, alpha=-mu)
+        denominator = mu
+        for peer, (sign, edge_weight) in edges.items():
+            c_ij = eta[name] * edge_weight
+            negated.add_(duals[peer][name], alpha=-c_ij * sign)
+            denominator += c_ij
+        if rho > 0 and received:
+            mean_received = torch.stack([m[name] for m in received.values()]).mean(0)
+            negated.add_(mean_received, alpha=-rho)
+            denominator += rho
+        out[name] = negated.div_(-denominator)
+    return out
+
+
+def ecl_outgoing_dual(
+    params: Mapping[str, Tensor], dual: Mapping[str, Tensor], *, sign: float
+) -> TensorDict:
+    """y_ij = z_ij - 2 A_ij w_i (eq. 8): what node i sends to j after its primal step."""
+    return {
+        name: torch.add(dual[name], weight, alpha=-2.0 * sign) for name, weight in params.items()
+    }
+
+
+def pdmm_dual_update(received_dual: Mapping[str, Tensor]) -> TensorDict:
+    """Peaceman-Rachford (eq. 9): z_ij <- y_ji."""
+    return {name: t.clone() for name, t in received_dual.items()}
+
+
+def admm_dual_update(
+    dual: Mapping[str, Tensor], received_dual: Mapping[str, Tensor], *, theta: float
+) -> TensorDict:
+    """Averaged / Douglas-Rachford (eq. 10): z_ij <- (1 - theta) z_ij + theta y_ji."""
+    return {name: torch.lerp(dual[name], received_dual[name], theta) for name in dual}
+
+
+def sgd_update(
+    params: Mapping[str, Tensor], grads: Mapping[str, Tensor], *, learning_rate: float
+) -> TensorDict:
+    """w <- w - learning_rate * g (eq. 11, the local step of gossip, FedAvg and local-only)."""
+    return {name: torch.add(w, grads[name], alpha=-learning_rate) for name, w in params.items()}
+
+
+def pairwise_average(params: Mapping[str, Tensor], received: Mapping[str, Tensor]) -> TensorDict:
+    """Gossip exchange (eq. 11): w_i <- (w_i + w_j) / 2."""
+    return {name: 0.5 * (w + received[name]) for name, w in params.items()}
+
+
+def weighted_average(
+    models: Sequence[Mapping[str, Tensor]], weights: Sequence[float]
+) -> TensorDict:
+    """FedAvg aggregation (eq. 12): sum_k n_k w_k / sum_k n_k."""
+    if not models or len(models) != len(weights):
+        raise ValueError("weighted_average needs one weight per model and at least one model")
+    total = float(sum(weights))
+    if not total > 0:
+        raise ValueError("weighted_average needs a positive total weight (sample count)")
+    out: TensorDict = {}
+    for name in models[0]:
+        acc = torch.zeros_like(models[0][name])
+        for model, weight in zip(models, weights, strict=True):
+            acc = acc + (weight / total) * model[name]
+        out[name] = acc
+    return out

@@ -1,0 +1,117 @@
+"""Chunked framing of one opaque payload on a gRPC stream: a header frame, then data frames."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from consensus.transport import exchange_pb2 as pb
+
+PROTOCOL_VERSION = 1
+PURPOSE_NAMES = {pb.PURPOSE_SWAP: "swap", pb.PURPOSE_MODEL: "model"}
+
+
+class FramingError(ValueError):
+    """A stream that breaks the framing rules; `reason` is a stable code for counters and logs."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """The decoded header frame: who sends how many bytes, with which digest, and why."""
+
+    sender: str
+    edge: str
+    method: str
+    purpose: int
+    total_bytes: int
+    sha256: bytes
+
+
+def edge_name(a: str, b: str) -> str:
+    """The edge between two hospitals, the same string on both ends: '<a>--<b>' sorted."""
+    return "--".join(sorted((a, b)))
+
+
+def frames(
+    payload: bytes, *, sender: str, edge: str, method: str, purpose: int, chunk_size: int
+) -> Iterator[pb.Chunk]:
+    """Yield the header frame, then `payload` in data frames of at most `chunk_size` bytes."""
+    header = pb.Header(
+        protocol_version=PROTOCOL_VERSION,
+        sender=sender,
+        edge=edge,
+        method=method,
+        purpose=purpose,
+        total_bytes=len(payload),
+        sha256=hashlib.sha256(payload).digest(),
+    )
+    yield pb.Chunk(header=header)
+    view = memoryview(payload)
+    for start in range(0, len(payload), chunk_size):
+        yield pb.Chunk(data=bytes(view[start : start + chunk_size]))
+
+
+def read_announcement(stream: Iterator[pb.Chunk], *, max_bytes: int) -> Announcement:
+    """Take the header frame off `stream`; refuse a size over `max_bytes` before any data moves."""
+    first = next(stream, None)
+    if first is None or first.WhichOneof("body") != "header":
+        raise FramingError("no_header", "the first frame of a stream must carry the header")
+    header = first.header
+    if header.protocol_version != PROTOCOL_VERSION:
+        raise FramingError(
+            "protocol_version",
+            f"peer speaks exchange protocol {header.protocol_version}, this node "
+            f"{PROTOCOL_VERSION}; run the same release on both nodes",
+        )
+    if header.total_bytes > max_bytes:
+        raise FramingError(
+            "too_large",
+            f"announced {header.total_bytes} bytes, limit {max_bytes}; raise "
+            "transport.max_payload_bytes on the receiving node if the model really is this big",
+        )
+    if len(header.sha256) != hashlib.sha256().digest_size:
+        raise FramingError("bad_digest", f"sha256 must be 32 bytes, got {len(header.sha256)}")
+    return Announcement(
+        sender=header.sender,
+        edge=header.edge,
+        method=header.method,
+        purpose=header.purpose,
+        total_bytes=header.total_bytes,
+        sha256=bytes(header.sha256),
+    )
+
+
+def read_payload(stream: Iterator[pb.Chunk], announcement: Announcement) -> bytes:
+    """Reassemble the data frames; exactly `total_bytes` with the announced digest, or an error.
+
+    The stream is abandoned at the first frame that would exceed the announced size, so a
+    sender cannot make the receiver buffer more than it announced (which is under the limit).
+    """
+    pieces: list[bytes] = []
+    received = 0
+    digest = hashlib.sha256()
+    for chunk in stream:
+        if chunk.WhichOneof("body") != "data":
+            raise FramingError("unexpected_header", "a second header frame arrived mid-stream")
+        data = chunk.data  # read once: each attribute access may copy the bytes out of protobuf
+        received += len(data)
+        if received > announcement.total_bytes:
+            raise FramingError(
+                "too_many_bytes",
+                f"more than the announced {announcement.total_bytes} bytes arrived",
+            )
+        pieces.append(data)
+        digest.update(data)
+    if received != announcement.total_bytes:
+        raise FramingError(
+            "truncated", f"stream ended after {received} of {announcement.total_bytes} bytes"
+        )
+    if digest.digest() != announcement.sha256:
+        raise FramingError("hash_mismatch", "payload sha256 differs from the announced digest")
+    return b"".join(pieces)

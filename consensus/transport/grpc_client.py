@@ -1,0 +1,247 @@
+"""gRPC client side of the consensus exchange: one peer, retries with back-off, per-peer status."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import NoReturn
+
+import grpc
+
+from consensus.transport import exchange_pb2 as pb
+from consensus.transport import exchange_pb2_grpc as pb_grpc
+from consensus.transport.framing import (
+    FramingError,
+    edge_name,
+    frames,
+    read_announcement,
+    read_payload,
+)
+from consensus.transport.grpc_common import (
+    RETRYABLE,
+    BadReply,
+    PeerRefused,
+    PeerUnavailable,
+    RetryPolicy,
+    SwapHandler,
+    TransportConfig,
+    TransportError,
+    error_for_status,
+)
+from consensus.transport.tls import TlsMaterial, channel_credentials
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """What the node shows in `status` for one peer (times are Unix seconds, None if never)."""
+
+    peer: str
+    address: str
+    consecutive_failures: int = 0
+    next_attempt_at: float | None = None
+    last_success_at: float | None = None
+    last_error: str | None = None
+    total_successes: int = 0
+    total_failures: int = 0
+    replies_rejected: int = 0  # replies this node's handler refused (e.g. MessageRejected)
+    attempts: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    last_duration_s: float | None = None
+
+
+class PeerClient:
+    """Talks to one neighbour over one mutual-TLS channel; thread-safe, one call at a time.
+
+    The server is verified twice: TLS checks its certificate chains to the network CA and
+    carries the peer's name as a DNS SAN (target name override = peer name), and the reply
+    header must name the peer as sender.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        peer: str,
+        address: str,
+        tls: TlsMaterial,
+        rng: random.Random,
+        config: TransportConfig | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.name = name
+        self.peer = peer
+        self.address = address
+        self._config = config or TransportConfig()
+        self._retry = retry or RetryPolicy()
+        self._rng = rng
+        self._channel = grpc.secure_channel(
+            address, channel_credentials(tls), options=self._config.channel_options(peer)
+        )
+        self._stub = pb_grpc.ConsensusExchangeStub(self._channel)
+        self._call_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._status = PeerStatus(peer=peer, address=address)
+        self._not_before = 0.0  # monotonic time before which the worker should not call again
+        self._closed = threading.Event()
+
+    # -- public API -------------------------------------------------------------------------------
+
+    def swap(self, outgoing: bytes | Callable[[], bytes]) -> bytes:
+        """Send our message for this edge, return the peer's; retried per the RetryPolicy.
+
+        Pass a callable to take a fresh message on every attempt: a retry then never resends
+        a sequence number the peer may already have applied (it would refuse it as a replay).
+        """
+        make = outgoing if callable(outgoing) else lambda: outgoing
+        with self._call_lock:
+            return self._with_retries("swap", lambda budget: self._swap_once(make(), budget))
+
+    def exchange(self, handler: SwapHandler) -> None:
+        """One full swap for the node: outgoing_for(peer) -> swap -> on_received(peer, reply).
+
+        on_received's refusal (consensus.wire.MessageRejected) propagates to the caller.
+        """
+        reply = self.swap(lambda: handler.outgoing_for(self.peer))
+        try:
+            handler.on_received(self.peer, reply)
+        except Exception as exc:
+            self._add("replies_rejected", 1, last_error=f"reply refused by {self.name}: {exc}")
+            raise
+
+    def fetch_model(self) -> bytes:
+        """The peer's current model (wire-format bytes), e.g. for a node joining late."""
+        with self._call_lock:
+            return self._with_retries("fetch_model", self._fetch_once)
+
+    def status(self) -> PeerStatus:
+        with self._state_lock:
+            return self._status
+
+    def ready_at(self) -> float:
+        """Monotonic time before which another call would only hit the same failure."""
+        with self._state_lock:
+            return self._not_before
+
+    def close(self) -> None:
+        """Interrupt any back-off wait and close the channel."""
+        self._closed.set()
+        self._channel.close()
+
+    # -- one attempt ------------------------------------------------------------------------------
+
+    def _swap_once(self, payload: bytes, budget: float) -> bytes:
+        timeout = min(self._config.deadline_for(len(payload)), budget)
+        request = frames(
+            payload,
+            sender=self.name,
+            edge=edge_name(self.name, self.peer),
+            method=self._config.method,
+            purpose=pb.PURPOSE_SWAP,
+            chunk_size=self._config.chunk_size,
+        )
+        replies = self._stub.Swap(request, timeout=timeout)
+        reply = self._read_reply(replies, pb.PURPOSE_SWAP)
+        self._add("bytes_sent", len(payload))
+        return reply
+
+    def _fetch_once(self, budget: float) -> bytes:
+        timeout = min(self._config.deadline_for(self._config.max_payload_bytes // 2), budget)
+        request = pb.ModelRequest(sender=self.name, method=self._config.method)
+        return self._read_reply(self._stub.FetchModel(request, timeout=timeout), pb.PURPOSE_MODEL)
+
+    def _read_reply(self, replies: Iterator[pb.Chunk], purpose: int) -> bytes:
+        try:
+            announcement = read_announcement(replies, max_bytes=self._config.max_payload_bytes)
+            if announcement.sender != self.peer:
+                raise PeerRefused(
+                    self.peer,
+                    None,
+                    f"server at {self.address} answered as {announcement.sender!r}; "
+                    "check the peer's address in node.toml",
+                )
+            if announcement.purpose != purpose:
+                raise BadReply(
+                    self.peer, None, f"reply purpose {announcement.purpose} != {purpose}"
+                )
+            payload = read_payload(replies, announcement)
+        except FramingError as exc:
+            replies.cancel()
+            raise BadReply(self.peer, None, str(exc)) from exc
+        except TransportError:
+            replies.cancel()
+            raise
+        self._add("bytes_received", len(payload))
+        return payload
+
+    # -- retries and status -----------------------------------------------------------------------
+
+    def _with_retries(self, operation: str, attempt: Callable[[float], bytes]) -> bytes:
+        """Run `attempt(seconds_left)` until it succeeds, fails for good, or time runs out."""
+        started_wall, started = time.time(), time.monotonic()
+        give_up = self._retry.give_up_after_s
+        code, detail, number = grpc.StatusCode.DEADLINE_EXCEEDED, "no time left", 0
+        for number in range(1, self._retry.max_attempts + 1):
+            self._add("attempts", 1)
+            try:
+                result = attempt(give_up - (time.monotonic() - started))
+            except grpc.RpcError as err:
+                code, detail = err.code(), err.details() or ""
+                if code not in RETRYABLE:
+                    self._failed(error_for_status(self.peer, code, detail))
+                delay = self._retry.backoff(number, self._rng)
+                log.info(
+                    "%s -> %s %s attempt %d failed (%s: %s); retry in %.2fs",
+                    self.name, self.peer, operation, number, code.name, detail, delay,
+                )  # fmt: skip
+                out_of_time = time.monotonic() - started + delay >= give_up
+                if number == self._retry.max_attempts or out_of_time:
+                    break
+                if self._closed.wait(delay):
+                    break
+                continue
+            except TransportError as exc:
+                self._failed(exc)
+            self._succeeded(started_wall, time.monotonic() - started)
+            return result
+        self._failed(PeerUnavailable(self.peer, code, f"gave up after {number} attempts: {detail}"))
+
+    def _add(self, counter: str, amount: int, **changes: object) -> None:
+        with self._state_lock:
+            total = getattr(self._status, counter) + amount
+            self._status = replace(self._status, **{counter: total}, **changes)
+
+    def _succeeded(self, started_wall: float, seconds: float) -> None:
+        with self._state_lock:
+            self._not_before = 0.0
+            self._status = replace(
+                self._status,
+                consecutive_failures=0,
+                next_attempt_at=None,
+                last_success_at=started_wall + seconds,
+                last_error=None,
+                total_successes=self._status.total_successes + 1,
+                last_duration_s=seconds,
+            )
+
+    def _failed(self, error: TransportError) -> NoReturn:
+        """Record the failure, set when the next call is worth making, and raise `error`."""
+        with self._state_lock:
+            failures = self._status.consecutive_failures + 1
+            wait = self._retry.backoff(failures + 1, self._rng)
+            self._not_before = time.monotonic() + wait
+            self._status = replace(
+                self._status,
+                consecutive_failures=failures,
+                next_attempt_at=time.time() + wait,
+                last_error=str(error),
+                total_failures=self._status.total_failures + 1,
+            )
+        log.warning("%s -> %s failed (%d in a row): %s", self.name, self.peer, failures, error)
+        raise error

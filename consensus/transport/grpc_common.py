@@ -1,0 +1,169 @@
+"""Configuration, the node-side handler interface and the errors shared by server and client."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+
+from consensus.transport import exchange_pb2 as pb
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ConsensusExchange"].full_name
+MIB = 1 << 20
+
+
+class SwapHandler(Protocol):
+    """What the transport needs from a node; the node implements it (thread-safe: calls arrive
+    from gRPC server threads and from the exchange worker at the same time).
+
+    on_received raises consensus.wire.MessageRejected to refuse a payload; any method may raise
+    NodeNotReady (e.g. no model yet) to make the caller retry later.
+    """
+
+    def outgoing_for(self, peer: str) -> bytes: ...
+
+    def on_received(self, peer: str, payload: bytes) -> None: ...
+
+    def model_for(self, peer: str) -> bytes: ...
+
+
+class NodeNotReady(RuntimeError):
+    """Raised by a handler that cannot take part yet; the peer sees UNAVAILABLE and retries."""
+
+
+class TransportError(Exception):
+    """An exchange with `peer` failed; `code` is the gRPC status (None for local checks)."""
+
+    def __init__(self, peer: str, code: grpc.StatusCode | None, detail: str) -> None:
+        name = code.name if code is not None else "LOCAL"
+        super().__init__(f"{peer}: {name}: {detail}")
+        self.peer = peer
+        self.code = code
+        self.detail = detail
+
+
+class PeerUnavailable(TransportError):
+    """Down, unreachable, overloaded or too slow after every retry; try again later."""
+
+
+class PeerRefused(TransportError):
+    """An identity check failed (ours or theirs): wrong CA, not a neighbour, wrong server."""
+
+
+class RejectedByPeer(TransportError):
+    """The peer refused our payload (INVALID_ARGUMENT etc.); retrying the same bytes won't help."""
+
+
+class BadReply(TransportError):
+    """The peer's reply broke the framing rules (size, digest, header)."""
+
+
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+_REFUSED = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED})
+_REJECTED = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+def error_for_status(peer: str, code: grpc.StatusCode, detail: str) -> TransportError:
+    """The exception the client raises for a final (not retried) gRPC status."""
+    if code in RETRYABLE:
+        return PeerUnavailable(peer, code, detail)
+    if code in _REFUSED:
+        return PeerRefused(peer, code, detail)
+    if code in _REJECTED:
+        return RejectedByPeer(peer, code, detail)
+    return TransportError(peer, code, detail)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransportConfig:
+    """Sizes, deadlines and connection settings; the same values should be used on every node."""
+
+    method: str = ""  # consensus method name put in headers; a mismatch is refused early
+    chunk_size: int = MIB
+    max_payload_bytes: int = 256 * MIB  # DenseNet-121 float32 is ~28 MB
+    base_deadline_s: float = 10.0
+    min_throughput_bytes_per_s: float = 1e6  # slowest link a deadline still allows for
+    server_call_limit_s: float = 900.0  # watchdog for calls with no or a longer deadline
+    max_concurrent_calls: int = 8
+    server_threads: int = 8
+    keepalive_time_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
+    max_reconnect_backoff_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 16 * 1024 <= self.chunk_size <= 16 * MIB:
+            raise ValueError(f"chunk_size must be between 16 KiB and 16 MiB, got {self.chunk_size}")
+        if self.max_payload_bytes < 1 or self.min_throughput_bytes_per_s <= 0:
+            raise ValueError("max_payload_bytes and min_throughput_bytes_per_s must be positive")
+
+    def deadline_for(self, payload_bytes: int) -> float:
+        """Seconds allowed for one swap: both directions at the minimum throughput, plus a base."""
+        return self.base_deadline_s + 2 * payload_bytes / self.min_throughput_bytes_per_s
+
+    @property
+    def max_message_bytes(self) -> int:
+        """gRPC per-message limit: a data frame plus protobuf overhead, well above chunk_size."""
+        return max(4 * MIB, 2 * self.chunk_size)
+
+    def common_options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.keepalive_time_ms", int(self.keepalive_time_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout_s * 1000)),
+        ]
+
+    def server_options(self) -> list[tuple[str, int]]:
+        return [
+            *self.common_options(),
+            ("grpc.so_reuseport", 0),  # a second node on the same port fails loudly
+            # accept the clients' keepalive pings during long, quiet calls
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", int(self.keepalive_time_s * 500)),
+        ]
+
+    def channel_options(self, peer: str) -> list[tuple[str, int | str]]:
+        return [
+            *self.common_options(),
+            # TLS hostname check against the peer's NAME (a DNS SAN of its certificate), so the
+            # server must hold the network CA's certificate for exactly that hospital.
+            ("grpc.ssl_target_name_override", peer),
+            ("grpc.enable_retries", 0),  # RetryPolicy is the only retry layer
+            ("grpc.max_reconnect_backoff_ms", int(self.max_reconnect_backoff_s * 1000)),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+        ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """Exponential back-off with full jitter on retryable statuses, bounded in attempts and time."""
+
+    max_attempts: int = 5
+    initial_backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    multiplier: float = 2.0
+    give_up_after_s: float = 300.0  # one swap() never takes longer than this, retries included
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1 or self.initial_backoff_s <= 0 or self.multiplier < 1:
+            raise ValueError("need max_attempts >= 1, initial_backoff_s > 0, multiplier >= 1")
+
+    def backoff(self, failures: int, rng: random.Random) -> float:
+        """Full jitter: uniform in [0, min(max, initial * multiplier**(failures-1))]."""
+        ceiling = self.initial_backoff_s * self.multiplier ** max(failures - 1, 0)
+        return rng.uniform(0.0, min(self.max_backoff_s, ceiling))

@@ -1,0 +1,183 @@
+"""`hospital-node`: provision a network, run one hospital's node, show its status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from consensus.transport.tls import TlsConfigError
+from hospital_node.configio import ConfigError, parse_overrides
+from hospital_node.network import NetworkError, load_network
+from hospital_node.node_config import NodeConfigError, load_node_config
+from hospital_node.node_state import NodeStateError
+from hospital_node.node_status import collect_status, format_status
+from hospital_node.pki import PkiError
+from hospital_node.provision import LEAF_VALID_DAYS, ProvisionError, provision, renew
+
+log = logging.getLogger("hospital_node")
+
+EPILOG = """\
+examples:
+  hospital-node provision network.toml --out bundles/
+  hospital-node renew network.toml --out bundles/ --hospital N2
+  hospital-node run --config bundles/N1/node.toml
+  hospital-node run --config bundles/N1/node.toml --set exchange.mean_interval_s=5
+  hospital-node status --config bundles/N1/node.toml --json
+
+Exit status: 0 ok; 1 the node failed while running; 2 bad configuration or input;
+3 (status only) the node is not running or not healthy.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hospital-node",
+        description="One hospital's edge-consensus node: trains on the local site folder and "
+        "swaps consensus variables with its neighbours over gRPC with mutual TLS.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    prov = sub.add_parser(
+        "provision",
+        help="create the network CA and every hospital's bundle",
+        description="Create OUT/_ca/ (keep it offline) and one bundle per "
+        "hospital: OUT/<name>/node.toml, <name>.crt, <name>.key, ca.crt.",
+    )
+    ren = sub.add_parser(
+        "renew",
+        help="add or renew one hospital from the existing CA",
+        description="New key and certificate for one hospital; rewrites its "
+        "bundle and its neighbours' node.toml (their peer lists).",
+    )
+    for cmd in (prov, ren):
+        cmd.add_argument("network", type=Path, help="the network description TOML")
+        cmd.add_argument("--out", type=Path, required=True, help="folder of _ca/ and bundles")
+        cmd.add_argument(
+            "--valid-days",
+            type=int,
+            default=LEAF_VALID_DAYS,
+            help=f"certificate lifetime in days (default {LEAF_VALID_DAYS})",
+        )
+    prov.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing CA: every hospital then needs its new bundle",
+    )
+    ren.add_argument("--hospital", required=True, help="hospital name from the network file")
+    run = sub.add_parser(
+        "run",
+        help="run this hospital's node until SIGTERM",
+        description="Train on the site folder and swap with the neighbours "
+        "until SIGTERM/Ctrl-C (or --max-steps); resumes from the newest good "
+        "checkpoint; writes STATE_DIR/status.json every few seconds.",
+    )
+    status = sub.add_parser(
+        "status",
+        help="health, step, peers and latest AUC of a node",
+        description="Ask the node's own gRPC health service (with its own "
+        "certificate) and read STATE_DIR/status.json and the results store; "
+        "works whether or not the node runs.",
+    )
+    for cmd in (run, status):
+        cmd.add_argument("--config", type=Path, required=True, help="the bundle's node.toml")
+        cmd.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="override one node.toml entry, e.g. training.batch_size=8 (repeatable)",
+        )
+    run.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="stop (status 'finished') once the node's step count reaches N",
+    )
+    run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.add_argument("--timeout", type=float, default=3.0, help="health check timeout (s)")
+    return parser
+
+
+def _provision(args: argparse.Namespace) -> int:
+    network = load_network(args.network)
+    if args.command == "provision":
+        paths = provision(network, args.out, valid_days=args.valid_days, force=args.force)
+    else:
+        paths = renew(network, args.out, args.hospital, valid_days=args.valid_days)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    # torch, MONAI and pydicom load only for `run`: `status` stays quick.
+    from hospital_node.data import SiteDataError
+    from hospital_node.node import HospitalNode, NodeError
+
+    config = load_node_config(args.config, parse_overrides(args.set))
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: stopping after the current step", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    node = HospitalNode(config=config, stop_event=stop)
+    outcome, code = "failed", 1
+    try:
+        node.initialize()
+        node.run(max_steps=args.max_steps)
+        outcome, code = ("interrupted" if stop.is_set() else "finished"), 0
+    except (NodeError, SiteDataError, TlsConfigError, NodeStateError, OSError) as exc:
+        log.error("%s: %s", config.name, exc)
+        code = 2
+    finally:
+        node.shutdown(status=outcome)
+    return code
+
+
+def _status(args: argparse.Namespace) -> int:
+    config = load_node_config(args.config, parse_overrides(args.set))
+    report: dict[str, Any] = collect_status(config, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(report, indent=1, sort_keys=True, default=str))
+    else:
+        print(format_status(report, now=time.time()))
+    return 0 if report["health"] == "SERVING" else 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status (see the epilog)."""
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        level = getattr(logging, str(args.log_level).upper(), logging.INFO)
+        logging.basicConfig(
+            level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        )
+    else:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command in ("provision", "renew"):
+            return _provision(args)
+        if args.command == "run":
+            return _run(args)
+        return _status(args)
+    except (NetworkError, ProvisionError, PkiError, NodeConfigError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

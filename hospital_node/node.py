@@ -1,0 +1,414 @@
+"""One hospital node: local training, background swaps over mutual TLS, checkpoints, status."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import zlib
+from collections import deque
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from consensus import ConsensusOptimizer, make_algorithm
+from consensus.transport.grpc_transport import (
+    ExchangeServer,
+    ExchangeWorker,
+    PeerClient,
+    RetryPolicy,
+    TlsMaterial,
+    TransportConfig,
+    TransportError,
+    load_tls,
+)
+from consensus.wire import MessageRejected
+from hospital_node.checkpoint import load_latest_checkpoint, save_checkpoint
+from hospital_node.data import SiteData, load_site
+from hospital_node.evaluate import Evaluation, EvaluationError, evaluate_scores
+from hospital_node.model import build_model
+from hospital_node.node_config import NodeConfig
+from hospital_node.node_handler import NodeHandler, copy_parameters
+from hospital_node.node_report import NodeReporter
+from hospital_node.node_state import next_boot_epoch, remove_stale_temp_files
+from hospital_node.train import BatchSampler, positive_weights
+
+log = logging.getLogger(__name__)
+
+PRIVACY_PLACEHOLDER: dict[str, Any] = {
+    "mode": "none",
+    "epsilon": None,
+    "delta": None,
+    "releases": 0,
+}
+
+
+class NodeError(RuntimeError):
+    """The node cannot start or go on; the message says what to fix."""
+
+
+class HospitalNode:
+    """One hospital's node, with an explicit lifecycle (as MONAI's fl ClientAlgo):
+
+    `initialize()` (boot epoch, data, model, store, checkpoint or join, server, swap worker),
+    `run(max_steps=...)` (train until `stop_event` is set or the step count is reached),
+    `get_weights()`, `evaluate()`, and `shutdown(status=...)` (stop swaps, final checkpoint).
+
+    Threads: the caller's thread trains; gRPC server threads and the ExchangeWorker's pool call
+    the NodeHandler. `self.lock` guards the algorithm state (duals, outgoing messages) and the
+    parameters while they change; received messages are applied between steps.
+    """
+
+    def __init__(self, *, config: NodeConfig, stop_event: threading.Event | None = None) -> None:
+        if config.consensus.method == "fedavg":
+            raise NodeError(
+                "fedavg needs a central server; a node network runs ecl-pdmm, "
+                "ecl-admm, gossip or local: change [algorithm] method"
+            )
+        self.config = config
+        self.stop_event = stop_event or threading.Event()
+        self.lock = threading.Lock()
+        self.state = "created"
+        self.step = 0
+        self.boot_epoch = 0
+        self.resumed_from_step: int | None = None
+        self.joined_from: str | None = None
+        self.losses: deque[float] = deque(maxlen=50)
+        self.last_checkpoint: dict[str, Any] | None = None
+        self.latest_eval: dict[str, Any] | None = None
+        self.handler: NodeHandler | None = None
+        self.server: ExchangeServer | None = None
+        self.worker: ExchangeWorker | None = None
+        self.reporter: NodeReporter | None = None
+        self._tls: TlsMaterial | None = None
+
+    # -- initialize -----------------------------------------------------------------------------
+
+    def initialize(self) -> None:
+        """Everything before training; the server answers swaps only once the model is final."""
+        paths = self.config.paths
+        self.state = "starting"
+        paths.state_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (paths.checkpoint_dir, paths.state_dir):
+            remove_stale_temp_files(folder)
+        self.boot_epoch = next_boot_epoch(paths.boot_epoch_file)  # before anything is sent
+        self._tls = load_tls(ca_cert=paths.ca_cert, cert=paths.cert, key=paths.key)
+        if self._tls.name != self.config.name:
+            raise NodeError(
+                f"{paths.cert} is for {self._tls.name!r}, this node is "
+                f"{self.config.name!r}: use this hospital's bundle"
+            )
+        self._load_data()
+        self._build_training()
+        self.reporter = NodeReporter(node=self, config=self.config)
+        self.reporter.open_store(self.train, self.val_size, self.test)
+        restored = self._restore()
+        self.reporter.store_truncate(self.step)
+        self._start_server()
+        if restored is None and self.config.exchange.join == "fetch":
+            self.state = "joining"
+            self.reporter.write_status()
+            self._join()
+        self.handler.attach(self.algorithm)
+        self.server.set_serving(True)
+        self._start_worker()
+        self.state = "training"
+        self.reporter.node_status("training")
+        self.reporter.write_status()
+        log.info(
+            "%s: training from step %d (boot epoch %d)",
+            self.config.name,
+            self.step,
+            self.boot_epoch,
+        )
+
+    def _load_data(self) -> None:
+        site = load_site(self.config.paths.site_dir, self.config.data_config())
+        self.train: SiteData = site.subset("train")
+        self.test: SiteData = site.subset("test")
+        self.val_size = len(site.subset("val"))
+        if len(self.train) == 0:
+            raise NodeError(
+                f"{self.config.paths.site_dir}: no image in the train split; "
+                "check the split column of labels.csv"
+            )
+
+    def _build_training(self) -> None:
+        training = self.config.training
+        with torch.random.fork_rng():  # same seed on every node: one common initial model
+            torch.manual_seed(training.seed)
+            self.model = build_model(self.config.model_config())
+        self.model.train()
+        self._make_algorithm()
+        seed = zlib.crc32(f"{training.seed}:{self.config.name}".encode())
+        self.sampler = BatchSampler(
+            num_items=len(self.train), batch_size=training.batch_size, seed=seed
+        )
+        self.pos_weight = positive_weights(
+            self.train.labels, max_weight=training.max_positive_weight
+        )
+        self.handler = NodeHandler(
+            name=self.config.name,
+            peers=self.config.peer_names,
+            params=dict(self.model.named_parameters()),
+            swap_schema=self.algorithm.wire_schema(),
+            lock=self.lock,
+            boot_epoch=self.boot_epoch,
+            max_pending_per_peer=self.config.exchange.max_pending_per_peer,
+        )
+
+    def _make_algorithm(self) -> None:
+        """Algorithm + optimizer over the model's live parameters (fresh duals)."""
+        config = self.config
+        self.algorithm = make_algorithm(
+            config.consensus,
+            node=config.name,
+            neighbours=config.peer_names,
+            params=dict(self.model.named_parameters()),
+            node_order=sorted({config.name, *config.peer_names}),
+            edge_weights=config.edge_weights(),
+            num_samples=len(self.train),
+        )
+        self.optimizer = ConsensusOptimizer(self.model.named_parameters(), algorithm=self.algorithm)
+
+    def _restore(self) -> int | None:
+        """Load the newest checkpoint that verifies (corrupt ones are skipped); its step or None."""
+        found = load_latest_checkpoint(self.config.paths.checkpoint_dir)
+        if found is None:
+            log.info("%s: no checkpoint in %s", self.config.name, self.config.paths.checkpoint_dir)
+            return None
+        step, state = found
+        if state.get("node") != self.config.name or state.get("method") != self.algorithm.method:
+            raise NodeError(
+                f"checkpoint {step} in {self.config.paths.checkpoint_dir} is for "
+                f"{state.get('node')}/{state.get('method')}: point checkpoint_dir "
+                "at this node's own folder"
+            )
+        self.model.load_state_dict(state["model"])  # copies into the live parameters
+        self.optimizer.load_state_dict(state["algorithm"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.handler.load_state_dict(state["handler"])
+        self.step = self.resumed_from_step = step
+        log.info("%s: resumed from checkpoint at step %d", self.config.name, step)
+        return step
+
+    def _transport_config(self) -> TransportConfig:
+        exchange = self.config.exchange
+        return TransportConfig(
+            method=self.config.consensus.method,
+            base_deadline_s=exchange.base_deadline_s,
+            max_reconnect_backoff_s=exchange.reconnect_backoff_max_s,
+        )
+
+    def _start_server(self) -> None:
+        listen = self.config.listen
+        self.server = ExchangeServer(
+            name=self.config.name,
+            neighbours=self.config.peer_names,
+            handler=self.handler,
+            tls=self._tls,
+            host=listen.host,
+            port=listen.port,
+            config=self._transport_config(),
+        )
+        self.server.start()
+        self.server.set_serving(False)  # until the model is final (restored or joined)
+
+    def _client(self, peer: str, address: str, retry: RetryPolicy) -> PeerClient:
+        rng = random.Random(f"{self.config.training.seed}:{self.config.name}:{peer}")
+        return PeerClient(
+            name=self.config.name,
+            peer=peer,
+            address=address,
+            tls=self._tls,
+            rng=rng,
+            config=self._transport_config(),
+            retry=retry,
+        )
+
+    def _join(self) -> None:
+        """Take the first neighbour model that arrives and validates; else keep the fresh one."""
+        timeout = self.config.exchange.join_timeout_s
+        once = RetryPolicy(max_attempts=1, give_up_after_s=max(timeout, 1.0))
+        clients = [self._client(p.name, p.address, once) for p in self.config.peers]
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline and not self.stop_event.is_set():
+                for client in clients:
+                    if self._fetch_from(client):
+                        return
+                self.stop_event.wait(1.0)
+        finally:
+            for client in clients:
+                client.close()
+        log.warning(
+            "%s: no neighbour sent its model within %.0f s; starting from scratch",
+            self.config.name,
+            timeout,
+        )
+
+    def _fetch_from(self, client: PeerClient) -> bool:
+        try:
+            params = self.handler.accept_model(client.peer, client.fetch_model())
+        except (TransportError, MessageRejected) as exc:
+            log.info("%s: no model from %s yet (%s)", self.config.name, client.peer, exc)
+            return False
+        with self.lock:
+            copy_parameters(dict(self.model.named_parameters()), params)
+            self._make_algorithm()  # duals and outgoing messages start from the fetched model
+        self.joined_from = client.peer
+        log.info("%s: joined with the model of %s", self.config.name, client.peer)
+        return True
+
+    def _start_worker(self) -> None:
+        exchange = self.config.exchange
+        retry = RetryPolicy(
+            max_attempts=exchange.retry_max_attempts,
+            initial_backoff_s=exchange.retry_initial_backoff_s,
+            max_backoff_s=exchange.retry_max_backoff_s,
+            give_up_after_s=exchange.retry_give_up_after_s,
+        )
+        peers = [p for p in self.config.peers if self.config.initiates_with(p.name)]
+        if not peers:
+            log.info(
+                "%s: every neighbour sorts before this node, so they start the swaps "
+                "(initiate = 'lower'); this node answers them",
+                self.config.name,
+            )
+            return
+        self.worker = ExchangeWorker(
+            handler=self.handler,
+            clients=[self._client(p.name, p.address, retry) for p in peers],
+            mean_interval_s=exchange.mean_interval_s,
+            rng=random.Random(f"{self.config.training.seed}:{self.config.name}:schedule"),
+            max_parallel=exchange.max_parallel,
+        )
+        self.worker.start()
+
+    # -- train ------------------------------------------------------------------------------------
+
+    def run(self, *, max_steps: int | None = None) -> int:
+        """Train until `stop_event` is set or the node's step count reaches `max_steps`."""
+        if self.state != "training":
+            raise NodeError("run() needs a successful initialize() first")
+        training = self.config.training
+        min_step_s = 1.0 / training.max_steps_per_second if training.max_steps_per_second else 0.0
+        next_status = 0.0
+        while not self.stop_event.is_set() and (max_steps is None or self.step < max_steps):
+            started = time.monotonic()
+            self.losses.append(self.train_step())
+            self._periodic()
+            if time.monotonic() >= next_status:
+                self.reporter.write_status()
+                next_status = time.monotonic() + training.status_every_s
+            if min_step_s:
+                self.stop_event.wait(max(0.0, min_step_s - (time.monotonic() - started)))
+        return self.step
+
+    def train_step(self) -> float:
+        """Apply received messages, then one local step on one batch (BCE with logits)."""
+        self.handler.apply_pending()
+        indices = self.sampler.next_indices()
+        images, labels = self.train.images[indices], self.train.labels[indices]
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.model(images)
+        loss = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=self.pos_weight)
+        loss.backward()
+        with self.lock:
+            self.optimizer.step()
+            self.step = self.algorithm.step
+        return float(loss.detach())
+
+    def _periodic(self) -> None:
+        training, step = self.config.training, self.step
+        if step % training.log_every == 0:
+            self.reporter.log_progress()
+        if training.eval_every and step % training.eval_every == 0:
+            self.reporter.log_evaluation(self.evaluate())
+        if step % training.checkpoint_every == 0:
+            self.checkpoint()
+
+    def get_weights(self) -> dict[str, Tensor]:
+        """A copy of the model's parameters and buffers."""
+        with self.lock:
+            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def evaluate(self) -> Evaluation | None:
+        """Per-finding AUC on the site's own test split; None when the split is empty."""
+        if len(self.test) == 0:
+            return None
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                chunks = [
+                    self.model(self.test.images[i : i + 64]) for i in range(0, len(self.test), 64)
+                ]
+            scores = torch.sigmoid(torch.cat(chunks)).numpy()
+        finally:
+            self.model.train()
+        try:
+            return evaluate_scores(
+                self.test.labels.numpy(), scores, self.test.patient_ids, with_ci=False
+            )
+        except EvaluationError as exc:
+            log.warning("%s: local evaluation skipped: %s", self.config.name, exc)
+            return None
+
+    def checkpoint(self) -> None:
+        """Write model, algorithm, sampler, gates, counters and boot epoch atomically."""
+        self.handler.apply_pending()
+        with self.lock:
+            state = {
+                "node": self.config.name,
+                "method": self.algorithm.method,
+                "boot_epoch": self.boot_epoch,
+                "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                "algorithm": self.optimizer.state_dict(),  # duals, outgoing, step counter
+                "sampler": self.sampler.state_dict(),
+                "privacy": dict(PRIVACY_PLACEHOLDER),
+                "saved_at": time.time(),
+            }
+            step = self.step
+        state["handler"] = self.handler.state_dict()
+        path = save_checkpoint(
+            self.config.paths.checkpoint_dir, step, state, keep=self.config.training.checkpoint_keep
+        )
+        self.last_checkpoint = {"step": step, "path": str(path), "at": time.time()}
+
+    # -- finalize ---------------------------------------------------------------------------------
+
+    def shutdown(self, *, status: str = "interrupted") -> None:
+        """Stop swaps, report NOT_SERVING, close the server, final checkpoint, store status.
+
+        `status` is the run status for the results store: 'interrupted' (SIGTERM), 'finished'
+        (max_steps reached) or 'failed'. Safe after a failed or partial initialize().
+        """
+        trained = self.state == "training"
+        self.state = "stopping"
+        grace = self.config.exchange.shutdown_grace_s
+        if self.worker is not None:
+            self.worker.stop(timeout=grace)
+        if self.server is not None:
+            self.server.set_serving(False)
+            self.server.stop(grace)
+        if trained:
+            try:
+                self.checkpoint()
+            except OSError as exc:
+                log.error("%s: final checkpoint failed: %s", self.config.name, exc)
+        self.state = "stopped"
+        if self.reporter is not None:
+            self.reporter.close(run_status=status, trained=trained)
+        log.info("%s: stopped at step %d (%s)", self.config.name, self.step, status)
+
+    def peer_clients_status(self) -> dict[str, Any]:
+        """The worker's per-peer PeerStatus objects (empty when this node initiates nothing)."""
+        return self.worker.status() if self.worker is not None else {}
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()

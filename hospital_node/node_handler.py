@@ -1,0 +1,252 @@
+"""The node's SwapHandler: wire messages out, gate-validated messages in, applied per step."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from consensus.algorithms import Algorithm
+from consensus.schema import MessageSchema
+from consensus.transport.grpc_common import NodeNotReady
+from consensus.wire import (
+    Message,
+    MessageGate,
+    MessageHeader,
+    MessageRejected,
+    SequenceCounter,
+    encode_message,
+)
+
+log = logging.getLogger(__name__)
+
+MODEL_METHOD = "model"  # the `method` header of a FetchModel reply (its own schema and gate)
+
+
+def model_schema(params: Mapping[str, Tensor]) -> MessageSchema:
+    """The tensors of a model message: `w/<param>` for every parameter, as in gossip."""
+    return MessageSchema.from_tensors(MODEL_METHOD, {f"w/{n}": p for n, p in params.items()})
+
+
+@dataclass
+class PeerCounters:
+    """Cumulative traffic with one neighbour (kept in checkpoints, so totals survive restarts)."""
+
+    messages_sent: int = 0
+    bytes_sent: int = 0
+    messages_received: int = 0  # accepted by the gate
+    bytes_received: int = 0
+    applied: int = 0  # handed to the algorithm
+    dropped: int = 0  # accepted but superseded before the next step (queue full)
+    models_served: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
+    last_received_at: float | None = None  # Unix time of the last accepted message
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+class NodeHandler:
+    """Implements consensus.transport.SwapHandler for one node; thread-safe.
+
+    Incoming messages pass the MessageGate (schema, sender = the TLS peer name, sequence,
+    finiteness) before anything else, under a lock of their own; accepted ones wait in a small
+    per-peer queue that the training thread applies at the next step boundary (`apply_pending`),
+    under the state lock shared with training. Applying between steps rather than at once keeps
+    parameters still during forward/backward (gossip and FedAvg write them) and keeps the lock
+    held for milliseconds, never for a network transfer.
+
+    Until `attach()` gives it an algorithm (after restore or join) every swap gets NodeNotReady,
+    which the peer sees as UNAVAILABLE and retries; `model_for` works from the start.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        peers: Iterable[str],
+        params: Mapping[str, Tensor],
+        swap_schema: MessageSchema,
+        lock: threading.Lock,
+        boot_epoch: int,
+        max_pending_per_peer: int = 4,
+    ) -> None:
+        self.name = name
+        self.peers = tuple(sorted(peers))
+        self._params = dict(params)
+        self._lock = lock
+        self._gate_lock = threading.Lock()
+        self._counter = SequenceCounter(boot_epoch=boot_epoch)
+        self._gate = MessageGate(node=name, peers=self.peers, schema=swap_schema)
+        self._model_schema = model_schema(self._params)
+        self._model_gate = MessageGate(node=name, peers=self.peers, schema=self._model_schema)
+        self._pending: dict[str, deque[dict[str, Tensor]]] = {
+            p: deque(maxlen=max_pending_per_peer) for p in self.peers
+        }
+        self._counters = {p: PeerCounters() for p in self.peers}
+        self._boot_received: Counter[str] = Counter()
+        self._algorithm: Algorithm | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def attach(self, algorithm: Algorithm) -> None:
+        """Start taking part in swaps with `algorithm` (after the node restored or joined)."""
+        if algorithm.wire_schema().digest != self._gate.schema.digest:
+            raise ValueError("algorithm's wire schema differs from the one the gate checks")
+        with self._lock:
+            self._algorithm = algorithm
+
+    @property
+    def ready(self) -> bool:
+        return self._algorithm is not None
+
+    # -- SwapHandler ------------------------------------------------------------------------------
+
+    def outgoing_for(self, peer: str) -> bytes:
+        """Our message for the edge to `peer`, with a fresh sequence number (every attempt)."""
+        with self._lock:
+            algorithm = self._require_algorithm()
+            tensors = algorithm.outgoing(peer)
+            sequence = self._counter.next()
+        data = self._encode(peer, algorithm.method, self._gate.schema.digest, sequence, tensors)
+        with self._lock:
+            counters = self._counters[peer]
+            counters.messages_sent += 1
+            counters.bytes_sent += len(data)
+        return data
+
+    def on_received(self, peer: str, payload: bytes) -> None:
+        """Validate `payload` from the authenticated `peer`; queue it for the next step."""
+        self._require_algorithm()
+        message = self._accept(self._gate, peer, payload)
+        with self._lock:
+            queue = self._pending[peer]
+            counters = self._counters[peer]
+            if len(queue) == queue.maxlen:
+                counters.dropped += 1  # deque drops the oldest: the newest state wins
+            queue.append(dict(message.tensors))
+            counters.messages_received += 1
+            counters.bytes_received += len(payload)
+            counters.last_received_at = time.time()
+            self._boot_received[peer] += 1
+
+    def model_for(self, peer: str) -> bytes:
+        """The current parameters for a neighbour that joins late (method 'model')."""
+        with self._lock:
+            tensors = {f"w/{n}": p.detach().clone() for n, p in self._params.items()}
+            sequence = self._counter.next()
+            self._counters[peer].models_served += 1
+        return self._encode(peer, MODEL_METHOD, self._model_schema.digest, sequence, tensors)
+
+    # -- used by the node -------------------------------------------------------------------------
+
+    def accept_model(self, peer: str, payload: bytes) -> dict[str, Tensor]:
+        """Parameters from a neighbour's model message, validated like any message."""
+        message = self._accept(self._model_gate, peer, payload)
+        return {name.removeprefix("w/"): t for name, t in message.tensors.items()}
+
+    def apply_pending(self) -> int:
+        """Hand every queued message to the algorithm (training thread, between steps)."""
+        applied = 0
+        with self._lock:
+            algorithm = self._algorithm
+            if algorithm is None:
+                return 0
+            for peer, queue in self._pending.items():
+                while queue:
+                    algorithm.incoming(peer, queue.popleft())
+                    self._counters[peer].applied += 1
+                    applied += 1
+        return applied
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able: gates' last sequences and the traffic counters (for the checkpoint)."""
+        with self._gate_lock:
+            gates = {"swap": self._gate.state_dict(), "model": self._model_gate.state_dict()}
+        with self._lock:
+            counters = {p: asdict(c) for p, c in self._counters.items()}
+            sequence = self._counter.state_dict()
+        return {"gates": gates, "counters": counters, "sequence": sequence}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore gates and counters; the sequence counter keeps this boot's epoch."""
+        with self._gate_lock:
+            self._gate.load_state_dict(state["gates"]["swap"])
+            self._model_gate.load_state_dict(state["gates"]["model"])
+        with self._lock:
+            for peer, saved in state["counters"].items():
+                if peer in self._counters:
+                    self._counters[peer] = PeerCounters(**saved)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters for status.json: gate totals of this boot, per-peer cumulative traffic."""
+        with self._gate_lock:
+            gate = {
+                "accepted": self._gate.accepted,
+                "rejected": {k: v for k, v in self._gate.rejections.items() if v},
+                "models_accepted": self._model_gate.accepted,
+                "models_rejected": {k: v for k, v in self._model_gate.rejections.items() if v},
+            }
+        with self._lock:
+            peers = {
+                p: asdict(c) | {"received_this_boot": self._boot_received[p]}
+                for p, c in self._counters.items()
+            }
+            pending = sum(len(q) for q in self._pending.values())
+        return {"ready": self.ready, "gate": gate, "pending": pending, "peers": peers}
+
+    def counters(self) -> dict[str, PeerCounters]:
+        """A copy of the per-peer counters (for the results store's exchanges table)."""
+        with self._lock:
+            return {p: PeerCounters(**asdict(c)) for p, c in self._counters.items()}
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _require_algorithm(self) -> Algorithm:
+        algorithm = self._algorithm
+        if algorithm is None:
+            raise NodeNotReady(f"{self.name} is still restoring or joining; retry shortly")
+        return algorithm
+
+    def _accept(self, gate: MessageGate, peer: str, payload: bytes) -> Message:
+        with self._gate_lock:
+            try:
+                return gate.accept(payload, authenticated_sender=peer)
+            except MessageRejected as exc:
+                self._count_rejection(peer, exc)
+                raise
+
+    def _count_rejection(self, peer: str, exc: MessageRejected) -> None:
+        log.warning(
+            "%s: refused a message from %s: %s (%s)", self.name, peer, exc.reason, exc.detail
+        )
+        with self._lock:
+            counters = self._counters.get(peer)
+            if counters is not None:
+                counters.rejected[exc.reason] = counters.rejected.get(exc.reason, 0) + 1
+
+    def _encode(
+        self, peer: str, method: str, digest: str, sequence: int, tensors: Mapping[str, Tensor]
+    ) -> bytes:
+        header = MessageHeader(
+            sender=self.name, receiver=peer, method=method, schema_hash=digest, sequence=sequence
+        )
+        cpu = {k: t.detach().to("cpu") for k, t in tensors.items()}
+        return encode_message(Message(header=header, tensors=cpu))
+
+
+def copy_parameters(target: Mapping[str, Tensor], source: Mapping[str, Tensor]) -> None:
+    """Write `source` into the live tensors `target` in place (names and shapes must match)."""
+    if set(target) != set(source):
+        raise ValueError("parameter names differ between the model and the received model")
+    with torch.no_grad():
+        for name, tensor in target.items():
+            tensor.copy_(source[name].to(dtype=tensor.dtype, device=tensor.device))

@@ -1,0 +1,241 @@
+"""What a running node reports: rows in its results store and the STATE_DIR/status.json file."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from data_tools.labels import FINDINGS
+from hospital_node.configio import to_dict
+from hospital_node.data import SiteData
+from hospital_node.evaluate import Evaluation
+from hospital_node.node_config import NodeConfig
+from hospital_node.node_state import write_json
+from hospital_node.store import PrivacyStatus, ResultsStore, SiteInfo, StoreError
+
+if TYPE_CHECKING:
+    from hospital_node.node import HospitalNode
+
+log = logging.getLogger(__name__)
+
+STATUS_VERSION = 1
+
+
+class NodeReporter:
+    """Writes a node's progress to its results store (run kind 'node', run_id = the hospital
+    name, resumed across restarts) and its status.json (rewritten atomically every few seconds).
+
+    A store write that fails (e.g. the file stays locked) is logged and skipped: the results
+    are re-derivable, training must not stop for them.
+    """
+
+    def __init__(self, *, node: HospitalNode, config: NodeConfig) -> None:
+        self._node = node
+        self._config = config
+        self.run_id = config.name
+        self.method = config.consensus.method
+        self._store: ResultsStore | None = None
+        self._last_progress = (time.monotonic(), node.step)
+        self.images_per_second: float | None = None
+        self._started_at = time.time()
+
+    # -- results store ------------------------------------------------------------------------
+
+    def open_store(self, train: SiteData, n_val: int, test: SiteData) -> None:
+        """Start the run, or resume it when the store already has one for this hospital."""
+        store = ResultsStore.open(self._config.paths.results_store)
+        self._store = store
+        try:
+            store.run_info(self.run_id)
+        except StoreError:
+            store.start_run(
+                self.run_id, kind="node", config=to_dict(self._config), topology=self._topology()
+            )
+        else:
+            store.resume_run(self.run_id)
+        positives = train.labels.sum(0).tolist()
+        site = SiteInfo(
+            site=self._config.name,
+            n_train=len(train),
+            n_val=n_val,
+            n_test=len(test),
+            train_positives={f: int(c) for f, c in zip(FINDINGS, positives, strict=True)},
+        )
+        self._write(store.add_sites, self.run_id, [site])
+        privacy = PrivacyStatus(
+            mode="none", epsilon=None, delta=None, releases=0, exhausted=False, accountant="none"
+        )
+        self._write(store.set_privacy, self.run_id, self.method, self._config.name, privacy)
+
+    def _topology(self) -> dict[str, Any]:
+        config = self._config
+        edges = config.edges or tuple(tuple(sorted((config.name, p))) for p in config.peer_names)
+        nodes = sorted({n for edge in edges for n in edge})
+        return {"kind": "edges", "nodes": nodes, "edges": [list(e) for e in edges]}
+
+    def store_truncate(self, step: int) -> None:
+        """Drop rows logged after the restored checkpoint, so they are not counted twice."""
+        self._write(self._require_store().truncate_after, self.run_id, self.method, step)
+        self._last_progress = (time.monotonic(), step)
+
+    def node_status(self, state: str, detail: str = "") -> None:
+        node = self._node
+        self._write(
+            self._require_store().set_node_status,
+            self.run_id,
+            self.method,
+            self._config.name,
+            node.step,
+            state,
+            detail,
+        )
+
+    def log_progress(self) -> None:
+        """train_loss, throughput and traffic metrics, exchange snapshots, node status."""
+        node, store, name = self._node, self._require_store(), self._config.name
+        now, step = time.monotonic(), node.step
+        last_time, last_step = self._last_progress
+        if step > last_step and now > last_time:
+            batch = self._config.training.batch_size
+            self.images_per_second = (step - last_step) * batch / (now - last_time)
+        self._last_progress = (now, step)
+        counters = node.handler.counters()
+        sent = sum(c.messages_sent for c in counters.values())
+        received = sum(c.messages_received for c in counters.values())
+        metrics = {
+            "train_loss": sum(node.losses) / len(node.losses) if node.losses else None,
+            "images_per_second": self.images_per_second,
+            "messages": float(sent + received),
+            "bytes": float(sum(c.bytes_sent + c.bytes_received for c in counters.values())),
+            "swaps_applied": float(sum(c.applied for c in counters.values())),
+            "rejected": float(sum(c.rejected_total for c in counters.values())),
+            "wall_time_s": time.time() - self._started_at,
+        }
+        self._write(store.log_metrics, self.run_id, self.method, name, step, metrics)
+        for peer, c in counters.items():
+            self._write(
+                store.set_exchange,
+                self.run_id,
+                self.method,
+                name,
+                peer,
+                step,
+                messages=c.messages_sent,
+                n_bytes=c.bytes_sent,
+            )
+            self._write(
+                store.set_exchange,
+                self.run_id,
+                self.method,
+                peer,
+                name,
+                step,
+                messages=c.messages_received + c.rejected_total,
+                n_bytes=c.bytes_received,
+                rejected=c.rejected_total,
+            )
+        self.node_status(node.state, self._detail())
+
+    def log_evaluation(self, evaluation: Evaluation | None) -> None:
+        """Per-finding AUC on the local test split (None: nothing to evaluate)."""
+        if evaluation is None:
+            return
+        node = self._node
+        self._write(
+            self._require_store().log_evaluation,
+            self.run_id,
+            self.method,
+            self._config.name,
+            node.step,
+            "local",
+            evaluation,
+        )
+        node.latest_eval = {
+            "step": node.step,
+            "test_set": "local",
+            "mean_auc": evaluation.mean_auc,
+            "per_finding": dict(zip(evaluation.findings, evaluation.auc, strict=True)),
+            "n_images": evaluation.n_images,
+        }
+
+    def close(self, *, run_status: str, trained: bool) -> None:
+        """Final rows: progress, node status 'stopped', run status; then status.json."""
+        if self._store is not None:
+            if trained:
+                self.log_progress()
+            self.node_status("stopped", f"run {run_status} at step {self._node.step}")
+            self._write(self._store.set_run_status, self.run_id, run_status)
+            self._store.close()
+            self._store = None
+        self.write_status()
+
+    def _detail(self) -> str:
+        peers = self.status_snapshot()["peers"]
+        parts = [f"{p}: {v.get('applied', 0)} applied" for p, v in sorted(peers.items())]
+        return "; ".join(parts)
+
+    def _require_store(self) -> ResultsStore:
+        if self._store is None:
+            raise StoreError("the node's results store is not open; call open_store() first")
+        return self._store
+
+    def _write(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        try:
+            call(*args, **kwargs)
+        except StoreError as exc:
+            log.warning("%s: results store write skipped: %s", self._config.name, exc)
+
+    # -- status.json ------------------------------------------------------------------------------
+
+    def status_snapshot(self) -> dict[str, Any]:
+        """The status.json document (docs/_node_runtime.md describes every field)."""
+        node, config = self._node, self._config
+        handler = node.handler.snapshot() if node.handler is not None else {}
+        clients = node.peer_clients_status()
+        peers = {}
+        for peer in config.peers:
+            entry: dict[str, Any] = {
+                "address": peer.address,
+                "initiator": config.initiates_with(peer.name),
+                **handler.get("peers", {}).get(peer.name, {}),
+            }
+            if peer.name in clients:
+                entry["client"] = dataclasses.asdict(clients[peer.name])
+            peers[peer.name] = entry
+        return {
+            "version": STATUS_VERSION,
+            "node": config.name,
+            "network": config.network,
+            "pid": node.pid,
+            "state": node.state,
+            "method": self.method,
+            "listen": f"{config.listen.host}:{config.listen.port}",
+            "step": node.step,
+            "boot_epoch": node.boot_epoch,
+            "resumed_from_step": node.resumed_from_step,
+            "joined_from": node.joined_from,
+            "started_at": self._started_at,
+            "updated_at": time.time(),
+            "train_loss": sum(node.losses) / len(node.losses) if node.losses else None,
+            "images_per_second": self.images_per_second,
+            "last_checkpoint": node.last_checkpoint,
+            "latest_eval": node.latest_eval,
+            "ready": handler.get("ready", False),
+            "gate": handler.get("gate", {}),
+            "pending": handler.get("pending", 0),
+            "server": node.server.stats() if node.server is not None else {},
+            "exchanges": node.worker.outcomes() if node.worker is not None else {},
+            "peers": peers,
+        }
+
+    def write_status(self) -> None:
+        """Rewrite status.json atomically (not fsynced: it is a live view, not a record)."""
+        try:
+            write_json(self._config.paths.status_file, self.status_snapshot(), durable=False)
+        except OSError as exc:
+            log.warning(
+                "%s: cannot write %s: %s", self._config.name, self._config.paths.status_file, exc
+            )

@@ -1,0 +1,88 @@
+"""Small durable files in a node's state folder: the boot epoch and the status.json snapshot."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from consensus.wire import MAX_BOOT_EPOCH
+
+log = logging.getLogger(__name__)
+
+_TEMP = re.compile(r"^\.(.+)\.tmp-(\d+)$")  # what save_checkpoint and write_json leave on a crash
+
+
+class NodeStateError(RuntimeError):
+    """A state file that cannot be read or written; the message says what to do."""
+
+
+def write_json(path: Path, payload: dict[str, Any], *, durable: bool = True) -> None:
+    """Write JSON atomically: temp file in the same folder, (fsync), rename, (fsync folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=1, sort_keys=True, default=str)
+        fh.flush()
+        if durable:
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    if durable:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None when the file does not exist."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise NodeStateError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(value, dict):
+        raise NodeStateError(f"{path} does not hold a JSON object")
+    return value
+
+
+def next_boot_epoch(path: Path) -> int:
+    """Read the last boot epoch, add one and persist it durably; call before sending anything.
+
+    Every sequence number of this boot then exceeds every one of earlier boots, whatever the
+    checkpoint holds (docs/wire-format.md, section 6). A lost file would restart at 1 and make
+    the peers refuse this node's messages as stale: it must live on the persistent volume.
+    """
+    try:
+        saved = read_json(path)
+    except NodeStateError as exc:
+        raise NodeStateError(
+            f"{exc}; the boot-epoch file is damaged. Restore it from a backup, or delete it and "
+            "restart the neighbours too (their gates remember this node's old sequence numbers)"
+        ) from exc
+    previous = 0 if saved is None else saved.get("boot_epoch")
+    if not isinstance(previous, int) or not 0 <= previous < MAX_BOOT_EPOCH:
+        raise NodeStateError(f"{path}: boot_epoch {previous!r} is not an integer in range")
+    epoch = previous + 1
+    write_json(path, {"boot_epoch": epoch})
+    return epoch
+
+
+def remove_stale_temp_files(directory: Path) -> list[Path]:
+    """Delete temp files that killed processes left behind (never the files of this process)."""
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for path in directory.iterdir():
+        match = _TEMP.match(path.name)
+        if match and int(match.group(2)) != os.getpid():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        log.info("removed %d partial files left by an earlier crash in %s", len(removed), directory)
+    return removed
