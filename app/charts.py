@@ -68,10 +68,16 @@ def heatmap_chart(frame: pd.DataFrame, *, compare: str) -> alt.Chart:
         text="label:N",
         color=alt.condition(dark, alt.value("white"), alt.value("black")),
     )
+    # The marker sits in the cell's top-right corner whatever the cell's size (band position).
     marker = (
-        base.transform_filter("datum.never_seen")
-        .mark_text(text="•", fontSize=18, dx=15, dy=-9, color="#d62728")
-        .encode()
+        alt.Chart(frame)
+        .transform_filter("datum.never_seen")
+        .mark_point(shape="circle", filled=True, size=36, color="#e4002b", stroke="white")
+        .encode(
+            x=alt.X("finding:N", sort=list(FINDINGS), bandPosition=0.86),
+            y=alt.Y("site:N", sort=list(dict.fromkeys(frame["site"])), bandPosition=0.2),
+            tooltip=tooltip,
+        )
     )
     return (cells + text + marker).properties(height=alt.Step(34))
 
@@ -183,6 +189,7 @@ def network_chart(nodes: pd.DataFrame, edges: pd.DataFrame) -> alt.LayerChart:
             "state:N",
             title="State",
             scale=alt.Scale(domain=states, range=[STATE_COLOURS[s] for s in states]),
+            legend=alt.Legend(orient="bottom", columns=3),
         )
     )
     labels = node_marks.mark_text(color="white", fontWeight="bold", fontSize=13).encode(
@@ -212,7 +219,13 @@ def line_chart(
                 axis=alt.Axis(format="d", tickMinStep=1),
             ),
             y=alt.Y(f"{y}:Q", title=y_title, scale=scale),
-            color=alt.Color(f"{colour}:N", title=colour_title),
+            color=alt.Color(
+                f"{colour}:N",
+                title=colour_title,
+                sort=list(FINDINGS) if colour == "finding" else "ascending",
+                scale=alt.Scale(scheme="category20" if colour == "finding" else "tableau10"),
+                legend=alt.Legend(orient="bottom", columns=4),
+            ),
             tooltip=[
                 alt.Tooltip(f"{colour}:N", title=colour_title),
                 alt.Tooltip("step:Q", title="Step"),

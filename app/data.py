@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import streamlit as st
 
-from app.viewer import StoredModel, input_size_of
 from data_tools.labels import FINDINGS
 from hospital_node.evaluate import RocCurve
 from hospital_node.store_read import RunInfo, StoreReader
+
+if TYPE_CHECKING:
+    from app.viewer import StoredModel
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +123,9 @@ def load_model_list(path: str, run_id: str, version: str) -> pd.DataFrame:
 @st.cache_resource(show_spinner=False, max_entries=8)
 def load_stored_model(path: str, run_id: str, method: str, site: str, version: str) -> StoredModel:
     """A site's final model (safetensors from the store, never unpickled), shared read-only."""
+    # Imported here: MONAI takes seconds to import and only the case viewer needs it.
+    from app.viewer import StoredModel, input_size_of
+
     with StoreReader.open_readonly(path) as reader:
         config, state = reader.load_model(run_id, method, site)
         run_config = reader.run_info(run_id).config

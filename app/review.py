@@ -54,13 +54,13 @@ def is_reliable(n_pos: int, min_positives: int) -> bool:
     return int(n_pos) >= min_positives
 
 
-def format_auc(auc: float | None, n_pos: int, min_positives: int) -> str:
+def format_auc(auc: float | None, n_pos: int, min_positives: int, decimals: int = 3) -> str:
     """'0.834'; '≈0.8' when unreliable (too few positives); 'n/a' when not available."""
     if is_missing(auc):
         return "n/a"
     if not is_reliable(n_pos, min_positives):
         return f"≈{auc:.1f}"
-    return f"{auc:.3f}"
+    return f"{auc:.{decimals}f}"
 
 
 def format_ci(low: float | None, high: float | None, n_pos: int, min_positives: int) -> str:
@@ -109,7 +109,7 @@ def _cell_texts(row: pd.Series, compare: str, min_positives: int) -> tuple[str, 
     if row["never_seen"]:
         notes.append("never seen at this site (no positive training image)")
     if compare == "none":
-        label = format_auc(row["auc"], row["n_pos"], min_positives)
+        label = format_auc(row["auc"], row["n_pos"], min_positives, decimals=2)
     else:
         label = format_difference(row["value"], bool(row["reliable"] and row["reference_ok"]))
     return label, "; ".join(notes) or "—"

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 from consensus import kernels
 from consensus.config import ConsensusConfig
+from consensus.flat_state import FlatState
 from consensus.lr_schedule import learning_rate_at, step_weights
 from consensus.schema import MessageSchema
+
+if TYPE_CHECKING:  # a type only: importing it would load Opacus with every algorithm
+    from consensus.private_exchange import ExchangePrivacy
 
 SERVER = "server"
 
@@ -26,6 +30,9 @@ class Algorithm(Protocol):
 
     `params` are live tensors updated in place, never rebound. A swap over edge (i, j):
     m_ij = i.outgoing(j); m_ji = j.outgoing(i); i.incoming(j, m_ji); j.incoming(i, m_ij).
+    With exchange privacy, `outgoing` raises PrivacyBudgetExhausted once the node's budget
+    is spent: the caller sends nothing in that direction, still delivers the other one, and
+    the node keeps stepping and receiving.
     """
 
     method: str
@@ -59,6 +66,7 @@ class _NodeAlgorithm:
         node: str,
         peers: Sequence[str],
         params: Mapping[str, Tensor],
+        privacy: ExchangePrivacy | None = None,
     ) -> None:
         if not params:
             raise ValueError("an algorithm needs at least one parameter tensor")
@@ -66,11 +74,14 @@ class _NodeAlgorithm:
             raise ValueError(
                 f"{type(self).__name__} implements {self.methods}, not {config.method}"
             )
+        if privacy is not None and tuple(privacy.peers) != tuple(peers):
+            raise ValueError(f"exchange privacy has peers {privacy.peers}, the node {peers}")
         self.config = config
         self.method = config.method
         self.node = node
         self.peers = tuple(peers)
         self.params: dict[str, Tensor] = dict(params)
+        self.privacy = privacy
         self.step = 0
         self._message_shapes: dict[str, torch.Size] | None = None
 
@@ -105,11 +116,18 @@ class _NodeAlgorithm:
             if tensor.shape != expected[name]:
                 raise ValueError(f"message from {peer}: {name} has shape {tuple(tensor.shape)}")
 
-    def _gradients(self, grads: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def _check_gradients(self, grads: Mapping[str, Tensor]) -> None:
         if grads.keys() != self.params.keys():
             wrong = sorted(set(self.params) ^ set(grads))
             raise ValueError(f"gradients for {wrong} are missing or unexpected")
+
+    def _gradients(self, grads: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        self._check_gradients(grads)
         return kernels.add_weight_decay(grads, self.params, weight_decay=self.config.weight_decay)
+
+    def _aligned(self, tensors: Mapping[str, Tensor]) -> list[Tensor]:
+        """`tensors` listed in the order of `self.params`, for the in-place list kernels."""
+        return [tensors[name] for name in self.params]
 
     def _write(self, new: Mapping[str, Tensor]) -> None:
         """Copy into the live tensors (views stay valid; leaf parameters need no_grad)."""
@@ -123,6 +141,17 @@ class _NodeAlgorithm:
             for name, w in self.params.items()
         }
 
+    def _model_message(self, peer: str) -> dict[str, Tensor]:
+        """The "w/" part of a message: the model, or its private release for `peer`.
+
+        With exchange privacy the release is charged first and raises PrivacyBudgetExhausted
+        once the budget is spent; the raw model never leaves.
+        """
+        if self.privacy is None:
+            return _snapshot({f"w/{name}": w for name, w in self.params.items()})
+        released = self.privacy.release(peer, self.params)
+        return {f"w/{name}": t for name, t in released.items()}
+
     def _meta(self) -> dict[str, Any]:
         return {
             "method": self.method,
@@ -132,8 +161,18 @@ class _NodeAlgorithm:
         }
 
     def state_dict(self) -> dict:
-        """{"tensors": {...}, "meta": {...}}; the parameters belong to the model checkpoint."""
-        return {"tensors": {}, "meta": self._meta()}
+        """{"tensors": {...}, "meta": {...}}; the parameters belong to the model checkpoint.
+
+        With exchange privacy, its references, spent epsilon (and generator state, if the
+        privacy object checkpoints it) travel under "privacy/..." tensors and meta["privacy"].
+        """
+        state: dict[str, Any] = {"tensors": {}, "meta": self._meta()}
+        if self.privacy is not None:
+            private = self.privacy.state_dict()
+            for name, tensor in private["tensors"].items():
+                state["tensors"][f"privacy/{name}"] = tensor
+            state["meta"]["privacy"] = private["meta"]
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         meta = state["meta"]
@@ -143,6 +182,17 @@ class _NodeAlgorithm:
                 raise ValueError(f"state is for {key}={meta[key]!r}, this is {mine!r}")
         if list(meta["peers"]) != list(self.peers):
             raise ValueError(f"state has peers {meta['peers']}, this node has {list(self.peers)}")
+        if ("privacy" in meta) != (self.privacy is not None):
+            raise ValueError(
+                "state and node disagree on exchange privacy (saved with it: "
+                f"{'privacy' in meta}); a restart must keep the privacy mode and its spent epsilon"
+            )
+        if self.privacy is not None:
+            prefix = "privacy/"
+            tensors = {
+                k[len(prefix) :]: v for k, v in state["tensors"].items() if k.startswith(prefix)
+            }
+            self.privacy.load_state_dict({"tensors": tensors, "meta": meta["privacy"]})
         self.step = int(meta["step"])
 
 
@@ -156,7 +206,11 @@ class LocalSGD(_NodeAlgorithm):
 
     def local_step(self, grads: Mapping[str, Tensor]) -> None:
         rate = self.learning_rate
-        self._write(kernels.sgd_update(self.params, self._gradients(grads), learning_rate=rate))
+        grads = self._gradients(grads)
+        with torch.no_grad():  # in place: views stay valid, leaf parameters need no_grad
+            kernels.sgd_update_(
+                self._aligned(self.params), self._aligned(grads), learning_rate=rate
+            )
         self.step += 1
 
     def outgoing(self, peer: str) -> dict[str, Tensor]:
@@ -176,12 +230,15 @@ class GossipSGD(LocalSGD):
         return {f"w/{name}": w for name, w in self.params.items()}
 
     def outgoing(self, peer: str) -> dict[str, Tensor]:
+        """The model (with exchange privacy: its release for `peer`)."""
         self._check_peer(peer)
-        return _snapshot(self._message_template())
+        return self._model_message(peer)
 
     def incoming(self, peer: str, tensors: Mapping[str, Tensor]) -> None:
         self._check_message(peer, tensors)
-        self._write(kernels.pairwise_average(self.params, self._unpack(tensors, "w")))
+        received = self._aligned(self._unpack(tensors, "w"))
+        with torch.no_grad():
+            kernels.pairwise_average_(self._aligned(self.params), received)
 
 
 class FedAvgClient(GossipSGD):
@@ -196,8 +253,9 @@ class FedAvgClient(GossipSGD):
         node: str,
         params: Mapping[str, Tensor],
         num_samples: int,
+        privacy: ExchangePrivacy | None = None,
     ) -> None:
-        super().__init__(config=config, node=node, peers=(SERVER,), params=params)
+        super().__init__(config=config, node=node, peers=(SERVER,), params=params, privacy=privacy)
         if num_samples < 1:
             raise ValueError("FedAvg weights clients by their sample count: num_samples >= 1")
         self.num_samples = int(num_samples)
@@ -205,6 +263,12 @@ class FedAvgClient(GossipSGD):
     def _message_template(self) -> dict[str, Tensor]:
         count = torch.tensor(self.num_samples, dtype=torch.int64)
         return {**{f"w/{name}": w for name, w in self.params.items()}, "num_samples": count}
+
+    def outgoing(self, peer: str) -> dict[str, Tensor]:
+        """The model (with exchange privacy: its release) and the sample count, in clear."""
+        self._check_peer(peer)
+        count = torch.tensor(self.num_samples, dtype=torch.int64)
+        return {**self._model_message(peer), "num_samples": count}
 
     def incoming(self, peer: str, tensors: Mapping[str, Tensor]) -> None:
         self._check_message(peer, tensors)
@@ -246,8 +310,9 @@ class EdgeConsensus(_NodeAlgorithm):
         params: Mapping[str, Tensor],
         node_order: Sequence[str],
         edge_weights: Mapping[str, float],
+        privacy: ExchangePrivacy | None = None,
     ) -> None:
-        super().__init__(config=config, node=node, peers=peers, params=params)
+        super().__init__(config=config, node=node, peers=peers, params=params, privacy=privacy)
         rank = {name: k for k, name in enumerate(node_order)}
         absent = sorted({self.node, *self.peers} - set(rank))
         if absent or len(rank) != len(node_order):
@@ -262,17 +327,17 @@ class EdgeConsensus(_NodeAlgorithm):
             self.params, eta=1.0, fan_in_scaling=self.config.fan_in_scaling
         )
         self._sends_model = self.config.proximity_weight > 0
-        self._duals = {
-            p: {n: torch.zeros_like(w) for n, w in self.params.items()} for p in self.peers
-        }
-        self._received: dict[str, dict[str, Tensor]] = {}
-        self._outgoing = self._outgoing_duals()
-
-    def _outgoing_duals(self) -> dict[str, dict[str, Tensor]]:
-        return {
-            p: kernels.ecl_outgoing_dual(self.params, self._duals[p], sign=self._edges[p][0])
-            for p in self.peers
-        }
+        # z_ij, y_ij and the received models live in flat buffers updated in place; these
+        # {peer: {name: Tensor}} dicts hold views into them and are never rebound
+        self._state = FlatState(
+            self.params,
+            edges=self._edges,
+            factors=self._fan_in_factors,
+            keep_received=self._sends_model,
+        )
+        self._duals = self._state.duals
+        self._outgoing = self._state.outgoing
+        self._received = self._state.received
 
     def _message_template(self) -> dict[str, Tensor]:
         template = {f"y/{name}": w for name, w in self.params.items()}
@@ -281,38 +346,52 @@ class EdgeConsensus(_NodeAlgorithm):
         return template
 
     def local_step(self, grads: Mapping[str, Tensor]) -> None:
+        """Eq. 5 into the parameters, eq. 8 into the outgoing duals (kernels.ecl_primal_update)."""
         weights = step_weights(self.step, self.config)
-        new = kernels.ecl_primal_update(
-            self.params,
-            self._gradients(grads),
-            self._duals,
+        self._check_gradients(grads)
+        self._state.primal_step(
+            grads,
             mu=weights.inverse_step_size,
-            eta={n: weights.consensus * s for n, s in self._fan_in_factors.items()},
-            edges=self._edges,
+            consensus=weights.consensus,
             rho=weights.proximity,
-            received=self._received,
+            weight_decay=self.config.weight_decay,
         )
-        self._write(new)
-        self._outgoing = self._outgoing_duals()
         self.step += 1
 
     def outgoing(self, peer: str) -> dict[str, Tensor]:
         self._check_peer(peer)
-        message = {f"y/{name}": y.clone() for name, y in self._outgoing[peer].items()}
+        if self.privacy is not None:
+            return self._private_outgoing(peer)
+        # no copy: the caller encodes these views before this node's next local_step or
+        # load_state_dict rewrites them in place, and never writes to them (Algorithm)
+        message = {f"y/{name}": y for name, y in self._outgoing[peer].items()}
         if self._sends_model:
             message.update(_snapshot({f"w/{name}": w for name, w in self.params.items()}))
         return message
 
+    def _private_outgoing(self, peer: str) -> dict[str, Tensor]:
+        """y_ij = z_ij - 2 A_ij released (eq. 8 with w_i replaced by its release), and with
+        rho > 0 the same release as the "w/" part: one release, charged once.
+
+        z_ij is the dual of the last primal step, the one the non-private y_ij used, so the
+        message is that y_ij shifted by -2 A_ij (released - w_i) (equal up to float rounding).
+        Raises PrivacyBudgetExhausted, before anything is released, once the budget is spent.
+        """
+        released = self._model_message(peer)
+        shift = {name: released[f"w/{name}"] - w for name, w in self.params.items()}
+        sign = self._edges[peer][0]
+        dual = kernels.ecl_outgoing_dual(shift, self._outgoing[peer], sign=sign)
+        message = {f"y/{name}": y for name, y in dual.items()}
+        if self._sends_model:
+            message.update(released)
+        return message
+
     def incoming(self, peer: str, tensors: Mapping[str, Tensor]) -> None:
         self._check_message(peer, tensors)
-        peer_dual = self._unpack(tensors, "y")
-        if self.method == "ecl-pdmm":
-            self._duals[peer] = kernels.pdmm_dual_update(peer_dual)
-        else:
-            theta = self.config.admm_relaxation
-            self._duals[peer] = kernels.admm_dual_update(self._duals[peer], peer_dual, theta=theta)
+        theta = None if self.method == "ecl-pdmm" else self.config.admm_relaxation
+        self._state.update_dual(peer, self._unpack(tensors, "y"), theta=theta)  # eq. 9 or 10
         if self._sends_model:
-            self._received[peer] = _snapshot(self._unpack(tensors, "w"))
+            self._state.store_received(peer, self._unpack(tensors, "w"))  # eq. 7
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -332,11 +411,13 @@ class EdgeConsensus(_NodeAlgorithm):
             for name, w in self.params.items():
                 if tensors[f"{kind}/{peer}/{name}"].shape != w.shape:
                     raise ValueError(f"state tensor {kind}/{peer}/{name} has the wrong shape")
-            return _snapshot(self._unpack(tensors, f"{kind}/{peer}"))
+            return self._unpack(tensors, f"{kind}/{peer}")
 
-        self._duals = {p: load("dual", p) for p in self.peers}
-        self._outgoing = {p: load("out", p) for p in self.peers}
-        self._received = {p: load("recv", p) for p in state["meta"]["received"]}
+        self._state.load(  # copied into the flat buffers: the views stay valid
+            duals={p: load("dual", p) for p in self.peers},
+            outgoing={p: load("out", p) for p in self.peers},
+            received={p: load("recv", p) for p in state["meta"]["received"]},
+        )
 
 
 def make_algorithm(
@@ -348,6 +429,7 @@ def make_algorithm(
     node_order: Sequence[str] | None = None,
     edge_weights: Mapping[str, float] | None = None,
     num_samples: int | None = None,
+    privacy: ExchangePrivacy | None = None,
 ) -> Algorithm:
     """The algorithm object of `config.method` for one node.
 
@@ -355,9 +437,16 @@ def make_algorithm(
     (default: sorted names); `edge_weights` are the relative per-edge weights (eq. 6) and
     must be symmetric - pass `Topology.edge_weights(node)`; the default 1 / |N_i| is
     symmetric only on regular graphs. FedAvg: the only peer is "server" (`neighbours` is
-    ignored) and `num_samples` is required.
+    ignored) and `num_samples` is required. `privacy` (exchange mode, docs/privacy.md): every
+    message carries a private release of the model instead of the model, and `outgoing`
+    raises PrivacyBudgetExhausted once the budget is spent; its peers must be the node's
+    (["server"] for FedAvg). Local-only sends nothing, so it takes no privacy object.
     """
     common = {"config": config, "node": node, "params": params}
+    if config.method == "local" and privacy is not None:
+        raise ValueError("local-only training sends nothing: it needs no exchange privacy")
+    if privacy is not None:
+        common["privacy"] = privacy
     if config.method == "fedavg":
         if num_samples is None:
             raise ValueError("fedavg needs num_samples (the client's training-set size)")

@@ -1,4 +1,4 @@
-"""Pure update rules of ECL-PDMM/ADMM, gossip SGD and FedAvg on {name: Tensor} dicts.
+"""Pure update rules of ECL-PDMM/ADMM, gossip SGD and FedAvg (docs/algorithm.md eqs. 3-12).
 
 Symbols follow docs/algorithm.md and are used only in this module:
   mu    inverse step size, 1 / learning_rate            (eq. 5)
@@ -8,7 +8,13 @@ Symbols follow docs/algorithm.md and are used only in this module:
   A_ij  edge sign, +1 if i precedes j in the node order  (eq. 3)
   theta ADMM relaxation                                  (eq. 10)
   z_ij  dual held by i for edge (i, j); y_ij its outgoing dual (eq. 8)
-Every function returns new tensors and never modifies its arguments.
+Each rule comes in up to three forms that compute the same numbers with the same roundings:
+- on {name: Tensor} dicts: returns new tensors, never modifies its arguments;
+- `*_into(out, ...)`: one elementwise update written into `out` (None allocates). The tensor
+  is one parameter, or a flat slice of a node's buffers covering many parameters, so that
+  one call does the work of hundreds (`consensus.flat_state`);
+- `*_(first, ...)`: updates the tensors of its first argument in place, a list at a time
+  (torch._foreach_* ops), allocating nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import torch
 from torch import Tensor
 
 TensorDict = dict[str, Tensor]
+TensorList = Sequence[Tensor]
 
 
 def edge_sign(node_rank: int, peer_rank: int) -> float:
@@ -51,7 +58,17 @@ def add_weight_decay(
     """g + weight_decay * w: the gradient of f_i plus an l2 term."""
     if weight_decay == 0:
         return dict(grads)
-    return {name: grads[name] + weight_decay * params[name] for name in grads}
+    return {
+        name: add_weight_decay_into(None, grads[name], params[name], weight_decay=weight_decay)
+        for name in grads
+    }
+
+
+def add_weight_decay_into(
+    out: Tensor | None, grad: Tensor, param: Tensor, *, weight_decay: float
+) -> Tensor:
+    """g + weight_decay * w (one fused multiply-add) into `out` (may be `grad`; None allocates)."""
+    return torch.add(grad, param, alpha=weight_decay, out=out)
 
 
 def ecl_primal_update(
@@ -75,19 +92,61 @@ def ecl_primal_update(
     received = received or {}
     out: TensorDict = {}
     for name, weight in params.items():
-        # accumulate the negated numerator g - mu w - ...: one fresh tensor, then in-place ops
-        negated = torch.add(grads[name], weight, alpha=-mu)
-        denominator = mu
-        for peer, (sign, edge_weight) in edges.items():
-            c_ij = eta[name] * edge_weight
-            negated.add_(duals[peer][name], alpha=-c_ij * sign)
-            denominator += c_ij
+        mean = None
         if rho > 0 and received:
-            mean_received = torch.stack([m[name] for m in received.values()]).mean(0)
-            negated.add_(mean_received, alpha=-rho)
-            denominator += rho
-        out[name] = negated.div_(-denominator)
+            mean = mean_into(None, [model[name] for model in received.values()])
+        out[name] = ecl_primal_update_into(
+            None,
+            weight,
+            grads[name],
+            [duals[peer][name] for peer in edges],
+            mu=mu,
+            weights=[(eta[name] * edge_weight, sign) for sign, edge_weight in edges.values()],
+            rho=rho,
+            mean_received=mean,
+        )
     return out
+
+
+def ecl_primal_update_into(
+    out: Tensor | None,
+    param: Tensor,
+    grad: Tensor,
+    duals: TensorList,
+    *,
+    mu: float,
+    weights: Sequence[tuple[float, float]],
+    rho: float = 0.0,
+    mean_received: Tensor | None = None,
+) -> Tensor:
+    """Eq. 5 for one tensor, or a flat slice of tensors that share eta, into `out`.
+
+    `weights[j]` = (c_ij, A_ij) of `duals[j]` (eq. 6); `mean_received` is wbar_i (eq. 7),
+    used when rho > 0. `out` may be `grad` or `param` (computed in place); None allocates.
+    """
+    # accumulate the negated numerator g - mu w - ...: every add is one fused multiply-add
+    out = torch.add(grad, param, alpha=-mu, out=out)
+    denominator = mu
+    for dual, (c_ij, sign) in zip(duals, weights, strict=True):
+        out.add_(dual, alpha=-c_ij * sign)
+        denominator += c_ij
+    if rho > 0 and mean_received is not None:
+        out.add_(mean_received, alpha=-rho)
+        denominator += rho
+    return out.div_(-denominator)
+
+
+def mean_into(out: Tensor | None, tensors: TensorList) -> Tensor:
+    """(t_1 + ... + t_n) / n, summed in order (eq. 7's mean); `out` may be `tensors[0]`."""
+    if not tensors:
+        raise ValueError("the mean of no tensors is undefined: pass at least one")
+    if out is None:
+        out = tensors[0].clone()
+    elif out is not tensors[0]:
+        out.copy_(tensors[0])
+    for tensor in tensors[1:]:
+        out.add_(tensor)
+    return out.div_(len(tensors))
 
 
 def ecl_outgoing_dual(
@@ -95,13 +154,26 @@ def ecl_outgoing_dual(
 ) -> TensorDict:
     """y_ij = z_ij - 2 A_ij w_i (eq. 8): what node i sends to j after its primal step."""
     return {
-        name: torch.add(dual[name], weight, alpha=-2.0 * sign) for name, weight in params.items()
+        name: ecl_outgoing_dual_into(None, weight, dual[name], sign=sign)
+        for name, weight in params.items()
     }
+
+
+def ecl_outgoing_dual_into(
+    out: Tensor | None, param: Tensor, dual: Tensor, *, sign: float
+) -> Tensor:
+    """y_ij = z_ij - 2 A_ij w_i (eq. 8) for one tensor or flat slice into `out` (None: new)."""
+    return torch.add(dual, param, alpha=-2.0 * sign, out=out)
 
 
 def pdmm_dual_update(received_dual: Mapping[str, Tensor]) -> TensorDict:
     """Peaceman-Rachford (eq. 9): z_ij <- y_ji."""
     return {name: t.clone() for name, t in received_dual.items()}
+
+
+def pdmm_dual_update_(duals: TensorList, received_duals: TensorList) -> None:
+    """Eq. 9 in place: every z_ij <- y_ji (copied, so the message may be freed)."""
+    torch._foreach_copy_(list(duals), list(received_duals))
 
 
 def admm_dual_update(
@@ -111,6 +183,11 @@ def admm_dual_update(
     return {name: torch.lerp(dual[name], received_dual[name], theta) for name in dual}
 
 
+def admm_dual_update_(duals: TensorList, received_duals: TensorList, *, theta: float) -> None:
+    """Eq. 10 in place: every z_ij <- (1 - theta) z_ij + theta y_ji (the same lerp)."""
+    torch._foreach_lerp_(list(duals), list(received_duals), theta)
+
+
 def sgd_update(
     params: Mapping[str, Tensor], grads: Mapping[str, Tensor], *, learning_rate: float
 ) -> TensorDict:
@@ -118,9 +195,21 @@ def sgd_update(
     return {name: torch.add(w, grads[name], alpha=-learning_rate) for name, w in params.items()}
 
 
+def sgd_update_(params: TensorList, grads: TensorList, *, learning_rate: float) -> None:
+    """Eq. 11's local step in place: every w <- w - learning_rate * g."""
+    torch._foreach_add_(list(params), list(grads), alpha=-learning_rate)
+
+
 def pairwise_average(params: Mapping[str, Tensor], received: Mapping[str, Tensor]) -> TensorDict:
     """Gossip exchange (eq. 11): w_i <- (w_i + w_j) / 2."""
     return {name: 0.5 * (w + received[name]) for name, w in params.items()}
+
+
+def pairwise_average_(params: TensorList, received: TensorList) -> None:
+    """Eq. 11's exchange in place: every w_i <- (w_i + w_j) / 2 (the same two roundings)."""
+    params = list(params)
+    torch._foreach_add_(params, list(received))
+    torch._foreach_mul_(params, 0.5)
 
 
 def weighted_average(

@@ -13,6 +13,8 @@ from opacus.accountants import RDPAccountant, create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 from torch import Tensor
 
+from consensus.privacy_errors import PrivacyBudgetExhausted  # noqa: F401 (re-exported)
+
 MODES = ("off", "exchange", "dpsgd")
 ACCOUNTANTS = ("rdp", "prv")
 
@@ -30,12 +32,14 @@ EXCHANGE_RDP_ORDERS: tuple[float, ...] = (
 )
 
 
+_PLAN_NEEDED = (
+    "target_epsilon in exchange mode needs planned_releases >= 1 (--planned-releases K): the "
+    "number of model releases (exchanges x neighbours) the noise must cover"
+)
+
+
 class PrivacyConfigError(ValueError):
     """A privacy setting that cannot give a true guarantee; the message says what to change."""
-
-
-class PrivacyBudgetExhausted(RuntimeError):
-    """The next release would spend more epsilon than the budget allows; the node stops sending."""
 
 
 @dataclass(frozen=True)
@@ -81,12 +85,10 @@ class PrivacyConfig:
             )
         if self.target_epsilon is not None and not _positive(self.target_epsilon):
             raise PrivacyConfigError(f"target_epsilon must be positive, got {self.target_epsilon}")
-        needs_plan = self.mode == "exchange" and self.target_epsilon is not None
-        if needs_plan and (self.planned_releases is None or self.planned_releases < 1):
-            raise PrivacyConfigError(
-                "target_epsilon in exchange mode needs planned_releases >= 1: the number of "
-                "model releases (exchanges x neighbours) the noise must cover"
-            )
+        # planned_releases may stay None until the noise is calibrated: the simulation plans
+        # it per node (`exchange_noise_multiplier` refuses a target without a plan).
+        if self.planned_releases is not None and self.planned_releases < 1:
+            raise PrivacyConfigError(_PLAN_NEEDED)
 
     def _check_ranges(self) -> None:
         if self.clip_norm is None or not _positive(self.clip_norm):
@@ -125,6 +127,8 @@ class PrivacyConfig:
             raise PrivacyConfigError(f"exchange noise asked for, but privacy mode is {self.mode!r}")
         if self.noise_multiplier is not None:
             return float(self.noise_multiplier)
+        if self.planned_releases is None:
+            raise PrivacyConfigError(_PLAN_NEEDED)
         return calibrate_noise_multiplier(
             target_epsilon=float(self.target_epsilon),
             delta=delta,

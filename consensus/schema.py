@@ -50,7 +50,10 @@ class MessageSchema:
         canonical = json.dumps(
             {
                 "method": self.method,
-                "tensors": [[s.name, list(s.shape), s.dtype] for s in sorted(self.tensors, key=lambda s: s.name)],
+                "tensors": [
+                    [s.name, list(s.shape), s.dtype]
+                    for s in sorted(self.tensors, key=lambda s: s.name)
+                ],
             },
             separators=(",", ":"),
             sort_keys=True,

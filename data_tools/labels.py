@@ -59,7 +59,9 @@ def write_label_table(path: Path, rows: Iterable[LabelRow]) -> None:
         writer = csv.writer(fh)
         writer.writerow(LABEL_COLUMNS)
         for row in rows:
-            writer.writerow([row.path, row.sop_instance_uid, row.patient_id, row.split, *row.labels])
+            writer.writerow(
+                [row.path, row.sop_instance_uid, row.patient_id, row.split, *row.labels]
+            )
     tmp.replace(path)
 
 

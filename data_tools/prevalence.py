@@ -34,8 +34,9 @@ NIH_POSITIVES: dict[str, int] = {
     "Hernia": 227,
 }
 # Every 'Finding Labels' combination seen on at least 100 NIH images (59 combinations, 94.4 % of
-# images, every single finding included). The sampler draws whole combinations, so co-occurrence
-# follows NIH; raking (see `rake_weights`) then restores the exact NIH marginals.
+# images, every single finding included; names sorted, as NIH writes a few in other orders).
+# The sampler draws whole combinations, so co-occurrence follows NIH; raking (`rake_weights`)
+# then restores the exact NIH marginals.
 NIH_COMBINATIONS: tuple[tuple[str, int], ...] = (
     ("No Finding", 60361),
     ("Infiltration", 9547),
@@ -44,15 +45,15 @@ NIH_COMBINATIONS: tuple[tuple[str, int], ...] = (
     ("Nodule", 2705),
     ("Pneumothorax", 2194),
     ("Mass", 2139),
-    ("Effusion|Infiltration", 1603),
+    ("Effusion|Infiltration", 1604),
     ("Atelectasis|Infiltration", 1350),
     ("Consolidation", 1310),
-    ("Atelectasis|Effusion", 1165),
+    ("Atelectasis|Effusion", 1167),
     ("Pleural_Thickening", 1126),
     ("Cardiomegaly", 1093),
     ("Emphysema", 892),
     ("Infiltration|Nodule", 829),
-    ("Atelectasis|Effusion|Infiltration", 737),
+    ("Atelectasis|Effusion|Infiltration", 739),
     ("Fibrosis", 727),
     ("Edema", 628),
     ("Cardiomegaly|Effusion", 484),
@@ -61,27 +62,27 @@ NIH_COMBINATIONS: tuple[tuple[str, int], ...] = (
     ("Effusion|Pneumothorax", 403),
     ("Effusion|Mass", 402),
     ("Atelectasis|Consolidation", 398),
-    ("Mass|Nodule", 394),
+    ("Mass|Nodule", 396),
     ("Edema|Infiltration", 392),
-    ("Infiltration|Pneumothorax", 345),
+    ("Infiltration|Pneumothorax", 347),
     ("Consolidation|Effusion", 337),
     ("Emphysema|Pneumothorax", 337),
     ("Pneumonia", 322),
     ("Effusion|Pleural_Thickening", 251),
-    ("Effusion|Nodule", 249),
-    ("Atelectasis|Pneumothorax", 240),
+    ("Effusion|Nodule", 250),
+    ("Atelectasis|Pneumothorax", 241),
     ("Infiltration|Pleural_Thickening", 210),
+    ("Atelectasis|Nodule", 201),
+    ("Cardiomegaly|Infiltration", 201),
     ("Atelectasis|Consolidation|Effusion", 200),
-    ("Cardiomegaly|Infiltration", 200),
-    ("Atelectasis|Nodule", 199),
     ("Infiltration|Pneumonia", 199),
     ("Edema|Effusion", 189),
     ("Fibrosis|Infiltration", 185),
-    ("Mass|Pneumothorax", 178),
-    ("Atelectasis|Mass", 175),
+    ("Mass|Pneumothorax", 179),
+    ("Atelectasis|Mass", 178),
     ("Consolidation|Mass", 151),
-    ("Nodule|Pleural_Thickening", 140),
-    ("Edema|Infiltration|Pneumonia", 137),
+    ("Nodule|Pleural_Thickening", 141),
+    ("Edema|Infiltration|Pneumonia", 138),
     ("Consolidation|Effusion|Infiltration", 134),
     ("Mass|Pleural_Thickening", 132),
     ("Nodule|Pneumothorax", 130),
@@ -195,10 +196,9 @@ def rake_weights(
         for k in np.flatnonzero(active):
             has = margins[:, k]
             p = float(w[has].sum())
-            if p <= 0.0:
-                raise ValueError(
-                    f"no label combination carries margin {k}; cannot reach {goals[k]}"
-                )
+            if not 0.0 < p < 1.0:
+                name = FINDINGS[k] if k < NUM_FINDINGS else "No Finding"
+                raise ValueError(f"{name}: no weight left on its combinations (p={p:.3g})")
             worst = max(worst, abs(p - goals[k]))
             w = np.where(has, w * goals[k] / p, w * (1.0 - goals[k]) / (1.0 - p))
         if worst < tolerance:
@@ -227,11 +227,15 @@ def site_label_model(mix: SiteMix, config: PrevalenceConfig) -> LabelModel:
     keep = combos[:, absent_idx].sum(axis=1) == 0 if absent_idx else np.ones(len(combos), bool)
     combos, counts = combos[keep], counts[keep]
     targets = np.asarray(mix.targets)
-    weights = rake_weights(combos, counts, targets, config.no_finding)
-    if np.abs(weights @ combos - targets).max() > 1e-4:
-        # Infeasible together: a site lacking the common findings cannot keep NIH's no-finding
-        # fraction with so few multi-finding combinations; the finding targets win and the
-        # no-finding fraction is left free (it rises).
+    try:
+        weights = rake_weights(combos, counts, targets, config.no_finding)
+        feasible = np.abs(weights @ combos - targets).max() < 1e-4
+    except ValueError:  # the fit drove some margin to zero
+        feasible = False
+    if not feasible:
+        # A site lacking the common findings cannot keep NIH's no-finding fraction with the
+        # few multi-finding combinations left: the finding targets win and the no-finding
+        # fraction is left free (it rises).
         weights = rake_weights(combos, counts, targets, None)
     return LabelModel(combinations=combos, weights=weights)
 

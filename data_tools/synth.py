@@ -304,7 +304,7 @@ def generate_dataset(
     planned = {plan.name: plan_images(plan, config, out) for plan in plans}
     jobs = [job for site_jobs in planned.values() for job, _ in site_jobs]
     workers = config.workers or os.cpu_count() or 1
-    run_jobs(jobs, min(workers, max(1, len(jobs) // 16)), progress)
+    run_jobs(jobs, min(workers, max(1, len(jobs) // 8)), progress)
     for plan in plans:
         rows = [
             LabelRow(

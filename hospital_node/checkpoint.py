@@ -73,7 +73,7 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def save_checkpoint(directory: Path, step: int, state: Mapping[str, Any], *, keep: int = 3) -> Path:
-    """Write `state` as DIR/ckpt-<step>.safetensors atomically (temp file, fsync, rename, fsync dir).
+    """Write `state` as DIR/ckpt-<step>.safetensors atomically (temp, fsync, rename, fsync dir).
 
     A crash at any moment leaves either the previous checkpoints or the new complete one.
     """
@@ -125,7 +125,7 @@ def list_checkpoints(directory: Path) -> list[Path]:
 
 
 def load_latest_checkpoint(directory: Path) -> tuple[int, Any] | None:
-    """The newest checkpoint that verifies; corrupt ones are logged and skipped. None if there is none."""
+    """The newest checkpoint that verifies (corrupt ones are logged and skipped), or None."""
     for path in reversed(list_checkpoints(directory)):
         try:
             return load_checkpoint_file(path)

@@ -47,17 +47,23 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_provisioning(sub)
+    _add_run_and_status(sub)
+    return parser
+
+
+def _add_provisioning(sub: argparse._SubParsersAction) -> None:
     prov = sub.add_parser(
         "provision",
         help="create the network CA and every hospital's bundle",
-        description="Create OUT/_ca/ (keep it offline) and one bundle per "
-        "hospital: OUT/<name>/node.toml, <name>.crt, <name>.key, ca.crt.",
+        description="Create OUT/_ca/ (keep it offline) and one bundle per hospital: "
+        "OUT/<name>/node.toml, <name>.crt, <name>.key, ca.crt.",
     )
     ren = sub.add_parser(
         "renew",
         help="add or renew one hospital from the existing CA",
-        description="New key and certificate for one hospital; rewrites its "
-        "bundle and its neighbours' node.toml (their peer lists).",
+        description="New key and certificate for one hospital; rewrites its bundle and its "
+        "neighbours' node.toml (their peer lists).",
     )
     for cmd in (prov, ren):
         cmd.add_argument("network", type=Path, help="the network description TOML")
@@ -74,19 +80,22 @@ def _parser() -> argparse.ArgumentParser:
         help="replace an existing CA: every hospital then needs its new bundle",
     )
     ren.add_argument("--hospital", required=True, help="hospital name from the network file")
+
+
+def _add_run_and_status(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser(
         "run",
         help="run this hospital's node until SIGTERM",
-        description="Train on the site folder and swap with the neighbours "
-        "until SIGTERM/Ctrl-C (or --max-steps); resumes from the newest good "
-        "checkpoint; writes STATE_DIR/status.json every few seconds.",
+        description="Train on the site folder and swap with the neighbours until "
+        "SIGTERM/Ctrl-C (or --max-steps); resumes from the newest good checkpoint; writes "
+        "STATE_DIR/status.json every few seconds. Logs go to stderr.",
     )
     status = sub.add_parser(
         "status",
         help="health, step, peers and latest AUC of a node",
-        description="Ask the node's own gRPC health service (with its own "
-        "certificate) and read STATE_DIR/status.json and the results store; "
-        "works whether or not the node runs.",
+        description="Ask the node's own gRPC health service (with its own certificate) and "
+        "read STATE_DIR/status.json and the results store; works whether or not the node "
+        "runs. Exit status 3 when it is not running or not SERVING.",
     )
     for cmd in (run, status):
         cmd.add_argument("--config", type=Path, required=True, help="the bundle's node.toml")
@@ -101,12 +110,11 @@ def _parser() -> argparse.ArgumentParser:
         "--max-steps",
         type=int,
         default=None,
-        help="stop (status 'finished') once the node's step count reaches N",
+        help="stop (run status 'finished') once the node's step count reaches N",
     )
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.add_argument("--timeout", type=float, default=3.0, help="health check timeout (s)")
-    return parser
 
 
 def _provision(args: argparse.Namespace) -> int:
@@ -124,6 +132,7 @@ def _run(args: argparse.Namespace) -> int:
     # torch, MONAI and pydicom load only for `run`: `status` stays quick.
     from hospital_node.data import SiteDataError
     from hospital_node.node import HospitalNode, NodeError
+    from hospital_node.store import StoreError
 
     config = load_node_config(args.config, parse_overrides(args.set))
     stop = threading.Event()
@@ -132,15 +141,19 @@ def _run(args: argparse.Namespace) -> int:
         log.info("received %s: stopping after the current step", signal.Signals(signum).name)
         stop.set()
 
+    try:
+        node = HospitalNode(config=config, stop_event=stop)
+    except NodeError as exc:
+        log.error("%s: %s", config.name, exc)
+        return 2
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    node = HospitalNode(config=config, stop_event=stop)
     outcome, code = "failed", 1
     try:
         node.initialize()
         node.run(max_steps=args.max_steps)
         outcome, code = ("interrupted" if stop.is_set() else "finished"), 0
-    except (NodeError, SiteDataError, TlsConfigError, NodeStateError, OSError) as exc:
+    except (NodeError, SiteDataError, StoreError, TlsConfigError, NodeStateError, OSError) as exc:
         log.error("%s: %s", config.name, exc)
         code = 2
     finally:

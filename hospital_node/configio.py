@@ -1,4 +1,4 @@
-"""Frozen-dataclass configuration from TOML plus `section.field=value` overrides, and back to dicts."""
+"""Frozen-dataclass configuration from TOML and `section.field=value` overrides, and back."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _is_dataclass_type(tp: Any) -> bool:
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Convert a TOML/CLI value to the annotated type `tp` (bool, int, float, str, tuples, optionals)."""
+    """Convert a TOML/CLI value to the annotated type `tp` (scalars, tuples, optionals)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -38,12 +38,23 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         items = [i for i in items if not (isinstance(i, str) and not i.strip())]
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(i.strip() if isinstance(i, str) else i, args[0], where) for i in items)
+            return tuple(
+                _coerce(i.strip() if isinstance(i, str) else i, args[0], where) for i in items
+            )
         return tuple(_coerce(i, a, where) for i, a in zip(items, args, strict=True))
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        if isinstance(value, str) and value.lower() in (
+            "true",
+            "1",
+            "yes",
+            "on",
+            "false",
+            "0",
+            "no",
+            "off",
+        ):
             return value.lower() in ("true", "1", "yes", "on")
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if tp in (int, float, str):
@@ -55,14 +66,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def from_mapping(cls: type[T], mapping: Mapping[str, Any], *, where: str = "") -> T:
-    """Build dataclass `cls` from a (nested) mapping; unknown keys are an error, missing keys keep defaults."""
+    """Build dataclass `cls` from a nested mapping: unknown keys fail, missing ones default."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(mapping) - names)
     if unknown:
-        raise ConfigError(f"{where or cls.__name__}: unknown field(s) {unknown}; known: {sorted(names)}")
+        raise ConfigError(
+            f"{where or cls.__name__}: unknown field(s) {unknown}; known: {sorted(names)}"
+        )
     kwargs = {
-        key: _coerce(value, hints[key], f"{where}.{key}" if where else key) for key, value in mapping.items()
+        key: _coerce(value, hints[key], f"{where}.{key}" if where else key)
+        for key, value in mapping.items()
     }
     try:
         return cls(**kwargs)

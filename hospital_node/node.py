@@ -193,6 +193,12 @@ class HospitalNode:
         self.sampler.load_state_dict(state["sampler"])
         self.handler.load_state_dict(state["handler"])
         self.step = self.resumed_from_step = step
+        saved_epoch = int(state.get("boot_epoch", 0))
+        if saved_epoch >= self.boot_epoch:  # the boot-epoch file was lost or restored from backup
+            self.boot_epoch = next_boot_epoch(self.config.paths.boot_epoch_file, floor=saved_epoch)
+            self.handler.set_boot_epoch(self.boot_epoch)
+            log.warning("%s: boot_epoch.json was behind the checkpoint; now at epoch %d",
+                        self.config.name, self.boot_epoch)  # fmt: skip
         log.info("%s: resumed from checkpoint at step %d", self.config.name, step)
         return step
 

@@ -35,7 +35,7 @@ def model_schema(params: Mapping[str, Tensor]) -> MessageSchema:
     return MessageSchema.from_tensors(MODEL_METHOD, {f"w/{n}": p for n, p in params.items()})
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PeerCounters:
     """Cumulative traffic with one neighbour (kept in checkpoints, so totals survive restarts)."""
 
@@ -103,6 +103,13 @@ class NodeHandler:
             raise ValueError("algorithm's wire schema differs from the one the gate checks")
         with self._lock:
             self._algorithm = algorithm
+
+    def set_boot_epoch(self, boot_epoch: int) -> None:
+        """Number this boot's messages from `boot_epoch` (only before anything was sent)."""
+        with self._lock:
+            if self._counter.counter:
+                raise RuntimeError("messages were already sent in this boot epoch")
+            self._counter = SequenceCounter(boot_epoch=boot_epoch)
 
     @property
     def ready(self) -> bool:

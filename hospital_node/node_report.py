@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ from hospital_node.configio import to_dict
 from hospital_node.data import SiteData
 from hospital_node.evaluate import Evaluation
 from hospital_node.node_config import NodeConfig
+from hospital_node.node_handler import PeerCounters
 from hospital_node.node_state import write_json
 from hospital_node.store import PrivacyStatus, ResultsStore, SiteInfo, StoreError
 
@@ -96,48 +98,39 @@ class NodeReporter:
     def log_progress(self) -> None:
         """train_loss, throughput and traffic metrics, exchange snapshots, node status."""
         node, store, name = self._node, self._require_store(), self._config.name
-        now, step = time.monotonic(), node.step
-        last_time, last_step = self._last_progress
-        if step > last_step and now > last_time:
-            batch = self._config.training.batch_size
-            self.images_per_second = (step - last_step) * batch / (now - last_time)
-        self._last_progress = (now, step)
         counters = node.handler.counters()
-        sent = sum(c.messages_sent for c in counters.values())
-        received = sum(c.messages_received for c in counters.values())
-        metrics = {
+        self._write(store.log_metrics, self.run_id, self.method, name, node.step,
+                    self._metrics(counters))  # fmt: skip
+        for peer, c in counters.items():
+            self._write(store.set_exchange, self.run_id, self.method, name, peer, node.step,
+                        messages=c.messages_sent, n_bytes=c.bytes_sent)  # fmt: skip
+            self._write(store.set_exchange, self.run_id, self.method, peer, name, node.step,
+                        messages=c.messages_received + c.rejected_total,
+                        n_bytes=c.bytes_received, rejected=c.rejected_total)  # fmt: skip
+        self.node_status(node.state, self._detail())
+
+    def _metrics(self, counters: dict[str, PeerCounters]) -> dict[str, float | None]:
+        node, now = self._node, time.monotonic()
+        last_time, last_step = self._last_progress
+        if node.step > last_step and now > last_time:
+            batch = self._config.training.batch_size
+            self.images_per_second = (node.step - last_step) * batch / (now - last_time)
+        self._last_progress = (now, node.step)
+        reasons: Counter[str] = Counter()
+        for c in counters.values():
+            reasons.update(c.rejected)
+        return {
             "train_loss": sum(node.losses) / len(node.losses) if node.losses else None,
             "images_per_second": self.images_per_second,
-            "messages": float(sent + received),
+            "messages": float(
+                sum(c.messages_sent + c.messages_received for c in counters.values())
+            ),
             "bytes": float(sum(c.bytes_sent + c.bytes_received for c in counters.values())),
             "swaps_applied": float(sum(c.applied for c in counters.values())),
-            "rejected": float(sum(c.rejected_total for c in counters.values())),
+            "rejected": float(sum(reasons.values())),
             "wall_time_s": time.time() - self._started_at,
+            **{f"rejected_{reason}": float(n) for reason, n in reasons.items()},
         }
-        self._write(store.log_metrics, self.run_id, self.method, name, step, metrics)
-        for peer, c in counters.items():
-            self._write(
-                store.set_exchange,
-                self.run_id,
-                self.method,
-                name,
-                peer,
-                step,
-                messages=c.messages_sent,
-                n_bytes=c.bytes_sent,
-            )
-            self._write(
-                store.set_exchange,
-                self.run_id,
-                self.method,
-                peer,
-                name,
-                step,
-                messages=c.messages_received + c.rejected_total,
-                n_bytes=c.bytes_received,
-                rejected=c.rejected_total,
-            )
-        self.node_status(node.state, self._detail())
 
     def log_evaluation(self, evaluation: Evaluation | None) -> None:
         """Per-finding AUC on the local test split (None: nothing to evaluate)."""

@@ -51,8 +51,9 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return value
 
 
-def next_boot_epoch(path: Path) -> int:
-    """Read the last boot epoch, add one and persist it durably; call before sending anything.
+def next_boot_epoch(path: Path, *, floor: int = 0) -> int:
+    """Read the last boot epoch (at least `floor`), add one and persist it durably; call it
+    before sending anything.
 
     Every sequence number of this boot then exceeds every one of earlier boots, whatever the
     checkpoint holds (docs/wire-format.md, section 6). A lost file would restart at 1 and make
@@ -68,7 +69,7 @@ def next_boot_epoch(path: Path) -> int:
     previous = 0 if saved is None else saved.get("boot_epoch")
     if not isinstance(previous, int) or not 0 <= previous < MAX_BOOT_EPOCH:
         raise NodeStateError(f"{path}: boot_epoch {previous!r} is not an integer in range")
-    epoch = previous + 1
+    epoch = max(previous, floor) + 1
     write_json(path, {"boot_epoch": epoch})
     return epoch
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from consensus.config import ConsensusConfig
+from consensus.privacy import PrivacyConfig
 from hospital_node.model import ModelConfig
 
 METHODS = ("centralized", "local", "gossip", "ecl-pdmm", "ecl-admm", "fedavg")
@@ -13,7 +14,7 @@ DECENTRALIZED = ("local", "gossip", "ecl-pdmm", "ecl-admm", "fedavg")
 
 @dataclass(frozen=True)
 class DataSourceConfig:
-    """Where the hospitals' site folders come from; an empty `dir` means the built-in synthetic set."""
+    """Where the hospitals' site folders come from; empty `dir` = the built-in synthetic set."""
 
     dir: str = ""  # a tree from `ecl-data synth|nih`; empty -> OUT/data, generated if missing
     image_size: int = 64  # training resolution (images are resized once, then cached)
@@ -45,7 +46,7 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """The simulated peer-to-peer network (the ECL paper's experiment: ring of 8, random exchanges)."""
+    """The simulated peer-to-peer network (ECL paper's setup: ring of 8, random exchanges)."""
 
     topology: str = "ring"  # ring | full | regular | edges
     degree: int = 4  # for `regular` (random k-regular graph)
@@ -67,6 +68,8 @@ class SimulationConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+    # --dp exchange|dpsgd|off and friends (docs/privacy.md); one config for every method.
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -76,3 +79,8 @@ class SimulationConfig:
             raise ValueError("no methods to run")
         if self.training.steps <= 0 or self.training.batch_size <= 0:
             raise ValueError("training.steps and training.batch_size must be positive")
+        if self.privacy.mode == "dpsgd" and self.training.positive_weighting:
+            raise ValueError(
+                "DP-SGD cannot cover training.positive_weighting: its weights are computed from "
+                "the site's labels outside the private mechanism; set it to false"
+            )

@@ -1,4 +1,4 @@
-"""One method's run in the simulation: N hospital models stepped by a seeded asynchronous event stream."""
+"""One method's run in the simulation: N hospital models driven by a seeded async schedule."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from torch import Tensor, nn
 
 from consensus import make_algorithm
 from consensus.algorithms import SERVER, FedAvgServer
-from consensus.topology import Topology
 from consensus.exchange_schedule import ExchangeSchedule, Round, Step, Swap
+from consensus.topology import Topology
 from consensus.transport.memory import InMemoryTransport
 from hospital_node.sim_config import SimulationConfig
+from hospital_node.sim_privacy import RunPrivacy
 from hospital_node.train import BatchSampler, FunctionalModel, positive_weights, stacked_parameters
 
 
@@ -29,7 +30,7 @@ class NodeTrainData:
 
 
 class MethodRun:
-    """Runs `method` on the given hospitals; every node takes `steps` local steps (same budget per method).
+    """Runs `method` on the hospitals; each node takes `steps` local steps (same budget per method).
 
     Steps of different hospitals commute with each other and with swaps between other hospitals, so
     consecutive independent steps are gathered and computed as one vmapped batch: the result is the
@@ -55,10 +56,13 @@ class MethodRun:
         self.train = [dataclasses.replace(t, images=t.images, labels=t.labels) for t in train]
         self.model = FunctionalModel(init_module.to(self.device))
         nodes = graph.nodes
-        self.params = {k: v.to(self.device) for k, v in stacked_parameters(init_module, len(nodes)).items()}
+        self.params = {
+            k: v.to(self.device) for k, v in stacked_parameters(init_module, len(nodes)).items()
+        }
         self.views = [{k: v[i] for k, v in self.params.items()} for i in range(len(nodes))]
         algorithm_method = "local" if method == "centralized" else method
         consensus_config = dataclasses.replace(config.consensus, method=algorithm_method)
+        self.privacy = self._make_privacy(method)
         self.algorithms = [
             make_algorithm(
                 consensus_config,
@@ -68,27 +72,38 @@ class MethodRun:
                 node_order=nodes,
                 edge_weights=graph.edge_weights(name),
                 num_samples=len(self.train[i].labels),
+                privacy=self.privacy.exchange[i],
             )
             for i, name in enumerate(nodes)
         ]
         self.samplers = [
-            BatchSampler(num_items=len(t.labels), batch_size=config.training.batch_size, seed=config.seed * 7919 + i)
+            BatchSampler(
+                num_items=len(t.labels),
+                batch_size=config.training.batch_size,
+                seed=config.seed * 7919 + i,
+            )
             for i, t in enumerate(self.train)
         ]
         self.pos_weight = [
-            positive_weights(t.labels).to(self.device) if config.training.positive_weighting else None
+            positive_weights(t.labels).to(self.device)
+            if config.training.positive_weighting
+            else None
             for t in self.train
         ]
         self.transport = InMemoryTransport()
         for name, algorithm in zip(nodes, self.algorithms, strict=True):
             # FedAvg clients hear only from the server; the others from their graph neighbours.
-            self.transport.register(algorithm, peers=[SERVER] if method == "fedavg" else graph.neighbours(name))
+            self.transport.register(
+                algorithm, peers=[SERVER] if method == "fedavg" else graph.neighbours(name)
+            )
         self._server = FedAvgServer(clients=nodes) if method == "fedavg" else None
         fedavg = method == "fedavg"
         self._schedule = ExchangeSchedule(
             topology=graph,
             steps=steps,
-            exchange_interval=self._round_interval() if fedavg else config.network.exchange_interval,
+            exchange_interval=self._round_interval()
+            if fedavg
+            else config.network.exchange_interval,
             seed=config.seed,
             speeds=dict(zip(graph.nodes, speeds, strict=True)) if speeds else None,
             speed_jitter=0.0 if fedavg else config.network.speed_jitter,
@@ -102,6 +117,20 @@ class MethodRun:
         self.steps_done = [0] * len(nodes)
         self.recent_loss = [float("nan")] * len(nodes)
         self._pending: list[int] = []
+
+    def _make_privacy(self, method: str) -> RunPrivacy:
+        """Each node's exchange privacy or DP-SGD (config.privacy), seeded per node."""
+        fedavg = method == "fedavg"
+        interval = self._round_interval() if fedavg else self.config.network.exchange_interval
+        return RunPrivacy(
+            self.config.privacy,
+            method=method,
+            peers=[[SERVER] if fedavg else self.graph.neighbours(n) for n in self.graph.nodes],
+            train_sizes=[len(t.labels) for t in self.train],
+            initial={k: v[0].clone() for k, v in self.params.items()},  # common, public
+            schedule=(self.steps, interval, self.config.training.batch_size),
+            seed=self.config.seed,
+        )
 
     def _round_interval(self) -> int:
         """FedAvg round length in local steps: `local_epochs` passes over the median site."""
@@ -147,10 +176,18 @@ class MethodRun:
         idx = self._pending
         self._pending = []
         batches = [self.samplers[i].next_indices() for i in idx]
-        images = torch.stack([self.train[i].images[b] for i, b in zip(idx, batches, strict=True)]).to(self.device)
-        labels = torch.stack([self.train[i].labels[b] for i, b in zip(idx, batches, strict=True)]).to(self.device)
+        images = torch.stack(
+            [self.train[i].images[b] for i, b in zip(idx, batches, strict=True)]
+        ).to(self.device)
+        labels = torch.stack(
+            [self.train[i].labels[b] for i, b in zip(idx, batches, strict=True)]
+        ).to(self.device)
         pos_weight = self.pos_weight[idx[0]]
-        if self.config.training.batched and (pos_weight is None or len(idx) == 1):
+        if self.privacy.dpsgd is not None:  # per-example clipping and noise, always batched
+            sub = {k: v[idx] for k, v in self.params.items()}
+            grads, losses = self.privacy.dpsgd.gradients(self.model, sub, images, labels, idx)
+            per_node = [({k: g[j] for k, g in grads.items()}, losses[j]) for j in range(len(idx))]
+        elif self.config.training.batched and (pos_weight is None or len(idx) == 1):
             sub = {k: v[idx] for k, v in self.params.items()}
             grads, losses = self.model.stacked_gradients(sub, images, labels, pos_weight)
             per_node = [({k: g[j] for k, g in grads.items()}, losses[j]) for j in range(len(idx))]
@@ -183,6 +220,7 @@ class MethodRun:
             "events_consumed": self.events_consumed,
             "steps_done": list(self.steps_done),
             "recent_loss": list(self.recent_loss),
+            "privacy": self.privacy.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -198,3 +236,4 @@ class MethodRun:
         self.events_consumed = int(state["events_consumed"])
         self.steps_done = [int(s) for s in state["steps_done"]]
         self.recent_loss = [float(x) for x in state["recent_loss"]]
+        self.privacy.load_state_dict(state.get("privacy", {}))

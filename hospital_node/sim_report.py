@@ -14,7 +14,9 @@ from hospital_node.store_read import StoreReader
 
 
 def _nan_to_none(value: float) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+    return (
+        None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+    )
 
 
 def absent_findings(reader: StoreReader, run_id: str) -> dict[str, list[str]]:
@@ -25,9 +27,10 @@ def absent_findings(reader: StoreReader, run_id: str) -> dict[str, list[str]]:
 
 
 def build_report(reader: StoreReader, run_id: str, methods: list[str]) -> dict[str, Any]:
-    """The `--report-json` document: per method, mean AUC and per-site, per-finding AUC (common test)."""
+    """The `--report-json` document: per method, mean and per-site per-finding AUC (common test)."""
     final = reader.final_auc(run_id, test_set="common")
     absent = absent_findings(reader, run_id)
+    privacy = reader.privacy(run_id)
     report: dict[str, Any] = {"config": reader.run_config(run_id), "run_id": run_id, "methods": {}}
     for method in methods:
         rows = final[final["method"] == method]
@@ -48,18 +51,35 @@ def build_report(reader: StoreReader, run_id: str, methods: list[str]) -> dict[s
             "max_site_auc": max(site_means) if site_means else None,
             "absent_findings_auc": _absent_auc(per_site, absent),
             "per_site": per_site,
+            **_privacy_spent(privacy, method),
         }
     return report
 
 
+def _privacy_spent(privacy: pd.DataFrame, method: str) -> dict[str, Any]:
+    """Largest epsilon over the method's sites ('off' when the run used no privacy mode)."""
+    if privacy.empty:
+        return {"privacy_mode": "off", "epsilon": None, "sites_exhausted": 0}
+    rows = privacy[privacy["method"] == method]
+    if rows.empty:  # e.g. the centralized reference in exchange mode: pooled data, no figure
+        return {"privacy_mode": "n/a", "epsilon": None, "sites_exhausted": 0}
+    return {
+        "privacy_mode": str(rows["mode"].iloc[0]),
+        "epsilon": _nan_to_none(float(rows["epsilon"].max())),
+        "sites_exhausted": int(rows["exhausted"].astype(bool).sum()),
+    }
+
+
 def _absent_auc(per_site: dict[str, Any], absent: dict[str, list[str]]) -> float | None:
-    """Mean AUC over (hospital, finding it never saw) pairs; the centralized model stands for every site."""
+    """Mean AUC over (hospital, finding it never saw) pairs; centralized stands for every site."""
     values = []
     for site, findings in absent.items():
         model = per_site.get(site) or per_site.get("all")
         if model is None:
             continue
-        values += [model["per_finding"][f] for f in findings if model["per_finding"].get(f) is not None]
+        values += [
+            model["per_finding"][f] for f in findings if model["per_finding"].get(f) is not None
+        ]
     return sum(values) / len(values) if values else None
 
 
@@ -74,9 +94,20 @@ def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "min_site_auc": entry["min_site_auc"],
                 "max_site_auc": entry["max_site_auc"],
                 "absent_findings_auc": entry["absent_findings_auc"],
+                "epsilon": _fmt_epsilon(entry),
             }
         )
     return rows
+
+
+def _fmt_epsilon(entry: dict[str, Any]) -> str:
+    mode = entry.get("privacy_mode", "off")
+    if mode in ("off", "n/a"):
+        return mode
+    if entry.get("epsilon") is None:
+        return "n/a"
+    exhausted = entry.get("sites_exhausted", 0)
+    return f"{entry['epsilon']:.2f} ({mode})" + (f", {exhausted} stopped" if exhausted else "")
 
 
 def _fmt(value: float | None) -> str:
@@ -85,12 +116,16 @@ def _fmt(value: float | None) -> str:
 
 def format_table(report: dict[str, Any]) -> str:
     """The terminal / Markdown comparison table."""
-    header = "| method | mean AUC (common test) | min over sites | max over sites | AUC on findings a site never saw |"
-    lines = [header, "|---|---:|---:|---:|---:|"]
+    header = (
+        "| method | mean AUC (common test) | min over sites | max over sites "
+        "| AUC on findings a site never saw | epsilon (max over sites) |"
+    )
+    lines = [header, "|---|---:|---:|---:|---:|---:|"]
     for row in table_rows(report):
         lines.append(
             f"| {row['method']} | {_fmt(row['mean_auc'])} | {_fmt(row['min_site_auc'])} | "
-            f"{_fmt(row['max_site_auc'])} | {_fmt(row['absent_findings_auc'])} |"
+            f"{_fmt(row['max_site_auc'])} | {_fmt(row['absent_findings_auc'])} | "
+            f"{row['epsilon']} |"
         )
     return "\n".join(lines)
 
@@ -99,12 +134,24 @@ def write_exports(report: dict[str, Any], out_dir: Path) -> list[Path]:
     """comparison.md (summary + per-site tables) and per_site_auc.csv (long format)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "comparison.md"
-    parts = ["# Simulation comparison", "", f"Run `{report['run_id']}`.", "", format_table(report), ""]
+    parts = [
+        "# Simulation comparison",
+        "",
+        f"Run `{report['run_id']}`.",
+        "",
+        format_table(report),
+        "",
+    ]
     for method, entry in report["methods"].items():
         frame = pd.DataFrame(
             {site: s["per_finding"] for site, s in entry["per_site"].items()}
         ).T.round(3)
-        parts += [f"## {method}", "", frame.to_markdown() if _has_tabulate() else frame.to_string(), ""]
+        parts += [
+            f"## {method}",
+            "",
+            frame.to_markdown() if _has_tabulate() else frame.to_string(),
+            "",
+        ]
     md.write_text("\n".join(parts))
     csv_path = out_dir / "per_site_auc.csv"
     with csv_path.open("w", newline="") as fh:

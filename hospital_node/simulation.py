@@ -1,4 +1,4 @@
-"""The N-hospital simulation: same data, model, initialisation and budget for every method; results to the store."""
+"""The N-hospital simulation: every method on the same data, model, init and budget."""
 
 from __future__ import annotations
 
@@ -47,14 +47,22 @@ class SimData:
 
 
 def discover_sites(data_dir: Path) -> list[str]:
-    """Hospital folders (with a labels.csv) under `data_dir`, common_test excluded, sorted naturally."""
+    """Hospital folders (with a labels.csv) under `data_dir`, common_test excluded, in order."""
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"data folder {data_dir} does not exist; run `ecl-data synth --out {data_dir}`")
-    sites = [p.name for p in data_dir.iterdir() if (p / LABELS_FILENAME).is_file() and p.name != COMMON_TEST_SITE]
+        raise FileNotFoundError(
+            f"data folder {data_dir} does not exist; run `ecl-data synth --out {data_dir}`"
+        )
+    sites = [
+        p.name
+        for p in data_dir.iterdir()
+        if (p / LABELS_FILENAME).is_file() and p.name != COMMON_TEST_SITE
+    ]
     if not sites:
         raise FileNotFoundError(f"{data_dir} holds no site folders (SITE/{LABELS_FILENAME})")
     if not (data_dir / COMMON_TEST_SITE / LABELS_FILENAME).is_file():
-        raise FileNotFoundError(f"{data_dir} has no {COMMON_TEST_SITE}/ (the common held-out test set)")
+        raise FileNotFoundError(
+            f"{data_dir} has no {COMMON_TEST_SITE}/ (the common held-out test set)"
+        )
     return sorted(sites, key=lambda s: (len(s), s))
 
 
@@ -120,11 +128,21 @@ class Simulation:
         sites = []
         for site in self.data.sites:
             counts = self.data.train[site].labels.sum(0).int().tolist()
-            sites.append(SiteInfo(site, n_train=len(self.data.train[site]), n_val=0,
-                                  n_test=len(self.data.local_test[site]),
-                                  train_positives=dict(zip(FINDINGS, counts, strict=True))))
+            sites.append(
+                SiteInfo(
+                    site,
+                    n_train=len(self.data.train[site]),
+                    n_val=0,
+                    n_test=len(self.data.local_test[site]),
+                    train_positives=dict(zip(FINDINGS, counts, strict=True)),
+                )
+            )
         total = sum(len(self.data.train[s]) for s in self.data.sites)
-        sites.append(SiteInfo(CENTRAL_SITE, n_train=total, n_val=0, n_test=len(self.data.common), role="reference"))
+        sites.append(
+            SiteInfo(
+                CENTRAL_SITE, n_train=total, n_val=0, n_test=len(self.data.common), role="reference"
+            )
+        )
         self.store.add_sites(self.run_id, sites)
 
     def run_method(self, method: str) -> None:
@@ -140,8 +158,13 @@ class Simulation:
         training = self.config.training
         total = run.steps * len(run.graph.nodes)
         bar = self.progress(method, run.steps) if self.progress else None
-        marks = sorted({*range(training.eval_every, run.steps, training.eval_every),
-                        *range(training.checkpoint_every, run.steps, training.checkpoint_every), run.steps})
+        marks = sorted(
+            {
+                *range(training.eval_every, run.steps, training.eval_every),
+                *range(training.checkpoint_every, run.steps, training.checkpoint_every),
+                run.steps,
+            }
+        )
         started = time.perf_counter()
         for mark in marks:
             target = mark * len(run.graph.nodes)
@@ -163,19 +186,34 @@ class Simulation:
     def _make_run(self, method: str) -> MethodRun:
         if method == "centralized":
             union = [self.data.train[s] for s in self.data.sites]
-            train = [NodeTrainData(CENTRAL_SITE, torch.cat([d.images for d in union]),
-                                   torch.cat([d.labels for d in union]))]
+            train = [
+                NodeTrainData(
+                    CENTRAL_SITE,
+                    torch.cat([d.images for d in union]),
+                    torch.cat([d.labels for d in union]),
+                )
+            ]
             graph = Topology(nodes=(CENTRAL_SITE,), edges=())
             steps = self.config.training.steps * len(self.data.sites)
         else:
-            train = [NodeTrainData(s, self.data.train[s].images, self.data.train[s].labels) for s in self.data.sites]
+            train = [
+                NodeTrainData(s, self.data.train[s].images, self.data.train[s].labels)
+                for s in self.data.sites
+            ]
             graph, steps = self.graph, self.config.training.steps
         speeds = None if method == "centralized" else (self.config.network.speeds or None)
-        return MethodRun(method=method, graph=graph, train=train, config=self.config,
-                         init_module=self.init_module, steps=steps, speeds=speeds)
+        return MethodRun(
+            method=method,
+            graph=graph,
+            train=train,
+            config=self.config,
+            init_module=self.init_module,
+            steps=steps,
+            speeds=speeds,
+        )
 
     def _display_step(self, run: MethodRun) -> int:
-        """Progress in local steps per hospital (the centralized model's steps divided by hospitals)."""
+        """Progress in local steps per hospital (centralized: its steps divided by hospitals)."""
         scale = len(self.data.sites) if run.method == "centralized" else 1
         return int(round(run.mean_steps / scale))
 
@@ -188,25 +226,46 @@ class Simulation:
         for i, site in enumerate(run.graph.nodes):
             evaluation = evaluate_scores(y_true, probs[i], patients, with_ci=False)
             self.store.log_evaluation(self.run_id, method, site, step, "common", evaluation)
-            self.store.log_metrics(self.run_id, method, site, step, {"train_loss": run.recent_loss[i]})
+            self.store.log_metrics(
+                self.run_id, method, site, step, {"train_loss": run.recent_loss[i]}
+            )
         self._log_network_state(method, run, step, elapsed)
 
     def _log_network_state(self, method: str, run: MethodRun, step: int, elapsed: float) -> None:
         models = [run.node_state(i) for i in range(len(run.graph.nodes))]
         residual = consensus_residual(models) if len(models) > 1 else 0.0
         stats = run.transport.stats()
-        self.store.log_metrics(self.run_id, method, CENTRAL_SITE, step, {
-            "consensus_residual": residual,
-            "messages": float(stats.messages_sent),
-            "bytes": float(stats.bytes_sent),
-            "wall_time_s": elapsed,
-        })
+        self.store.log_metrics(
+            self.run_id,
+            method,
+            CENTRAL_SITE,
+            step,
+            {
+                "consensus_residual": residual,
+                "messages": float(stats.messages_sent),
+                "bytes": float(stats.bytes_sent),
+                "wall_time_s": elapsed,
+            },
+        )
         for link in stats.links:
-            self.store.set_exchange(self.run_id, method, link.sender, link.receiver, step,
-                                    messages=link.messages_sent, n_bytes=link.bytes_sent,
-                                    rejected=link.messages_rejected)
-        for site, steps_done in zip(run.graph.nodes, run.steps_done, strict=True):
-            self.store.set_node_status(self.run_id, method, site, steps_done, "training")
+            self.store.set_exchange(
+                self.run_id,
+                method,
+                link.sender,
+                link.receiver,
+                step,
+                messages=link.messages_sent,
+                n_bytes=link.bytes_sent,
+                rejected=link.messages_rejected,
+            )
+        for i, (site, steps_done) in enumerate(zip(run.graph.nodes, run.steps_done, strict=True)):
+            state, detail = run.privacy.node_state(i, finished=steps_done >= run.steps)
+            self.store.set_node_status(self.run_id, method, site, steps_done, state, detail)
+            privacy = run.privacy.status(i)  # epsilon spent so far, 'exhausted' once it stops
+            if privacy is not None:
+                self.store.set_privacy(self.run_id, method, site, privacy)
+                spent = {"epsilon": privacy.epsilon}
+                self.store.log_metrics(self.run_id, method, site, step, spent)
 
     def _evaluate_final(self, method: str, run: MethodRun, elapsed: float) -> None:
         step = self._display_step(run)
@@ -215,7 +274,9 @@ class Simulation:
         probs = run.predict(common.images).numpy()
         for i, site in enumerate(run.graph.nodes):
             self._log_final(method, site, step, "common", common, probs[i], rng)
-            self.store.save_model(self.run_id, method, site, step, to_dict(self.config.model), run.node_state(i))
+            self.store.save_model(
+                self.run_id, method, site, step, to_dict(self.config.model), run.node_state(i)
+            )
             self.store.set_node_status(self.run_id, method, site, run.steps_done[i], "finished")
         # Local test splits: each hospital's own model (for centralized: the one shared model).
         for i, site in enumerate(self.data.sites):
@@ -223,16 +284,26 @@ class Simulation:
             if len(test) == 0:
                 continue
             node = 0 if method == "centralized" else i
-            local_probs = run.model.predict(run.views[node], test.images.to(run.device)).cpu().numpy()
+            local_probs = (
+                run.model.predict(run.views[node], test.images.to(run.device)).cpu().numpy()
+            )
             self._log_final(method, site, step, "local", test, local_probs, rng)
         self._log_network_state(method, run, step, elapsed)
         self.store.log_metrics(self.run_id, method, CENTRAL_SITE, step, {"finished": 1.0})
 
     def _log_final(self, method, site, step, test_set, data: SiteData, probs, rng) -> None:
         y_true = data.labels.numpy()
-        evaluation = evaluate_scores(y_true, probs, list(data.patient_ids), with_ci=True, rng=rng,
-                                     n_boot=self.config.training.bootstrap)
-        self.store.log_evaluation(self.run_id, method, site, step, test_set, evaluation, is_final=True)
+        evaluation = evaluate_scores(
+            y_true,
+            probs,
+            list(data.patient_ids),
+            with_ci=True,
+            rng=rng,
+            n_boot=self.config.training.bootstrap,
+        )
+        self.store.log_evaluation(
+            self.run_id, method, site, step, test_set, evaluation, is_final=True
+        )
         self.store.log_roc(self.run_id, method, site, step, test_set, roc_curves(y_true, probs))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -70,42 +70,118 @@ class FunctionalModel:
         self._grad = grad_and_value(self._loss)
         self._stacked_grad = vmap(self._grad, in_dims=(0, 0, 0, None))
         self._stacked_forward = vmap(self._forward, in_dims=(0, None))
+        # Per-example gradients for DP-SGD: over the examples of a batch, then over the models.
+        per_example = vmap(grad_and_value(self._example_loss), in_dims=(None, 0, 0))
+        self._stacked_per_example_grad = vmap(per_example, in_dims=(0, 0, 0))
 
     def _forward(self, params: Mapping[str, Tensor], images: Tensor) -> Tensor:
         return functional_call(self.module, (dict(params), self.buffers), (images,))
 
     def _loss(
-        self, params: Mapping[str, Tensor], images: Tensor, labels: Tensor, pos_weight: Tensor | None
+        self,
+        params: Mapping[str, Tensor],
+        images: Tensor,
+        labels: Tensor,
+        pos_weight: Tensor | None,
     ) -> Tensor:
         logits = self._forward(params, images)
         return F.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight)
 
+    def _example_loss(self, params: Mapping[str, Tensor], image: Tensor, label: Tensor) -> Tensor:
+        """One example's loss; the batch loss of `_loss` is the mean of these (no pos_weight)."""
+        return self._loss(params, image.unsqueeze(0), label.unsqueeze(0), None)
+
     def gradients(
-        self, params: Mapping[str, Tensor], images: Tensor, labels: Tensor, pos_weight: Tensor | None
+        self,
+        params: Mapping[str, Tensor],
+        images: Tensor,
+        labels: Tensor,
+        pos_weight: Tensor | None,
     ) -> tuple[dict[str, Tensor], Tensor]:
         """(grads, loss) of one model on one batch."""
         return self._grad(params, images, labels, pos_weight)
 
     def stacked_gradients(
-        self, params: Mapping[str, Tensor], images: Tensor, labels: Tensor, pos_weight: Tensor | None
+        self,
+        params: Mapping[str, Tensor],
+        images: Tensor,
+        labels: Tensor,
+        pos_weight: Tensor | None,
     ) -> tuple[dict[str, Tensor], Tensor]:
         """(grads [K, ...], losses [K]) of K stacked models, each on its own batch images[k]."""
         return self._stacked_grad(params, images, labels, pos_weight)
 
+    def stacked_per_example_gradients(
+        self, params: Mapping[str, Tensor], images: Tensor, labels: Tensor
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """(grads [K, B, ...], losses [K, B]): each example's own gradient, for DP-SGD.
+
+        The mean over B of these gradients is `stacked_gradients` without pos_weight: DP-SGD
+        cannot use pos_weight, which is computed from the site's labels outside the mechanism.
+        """
+        return self._stacked_per_example_grad(params, images, labels)
+
     @torch.no_grad()
     def predict(self, params: Mapping[str, Tensor], images: Tensor, *, chunk: int = 256) -> Tensor:
         """Sigmoid probabilities [N, C] of one model."""
-        outs = [torch.sigmoid(self._forward(params, images[i : i + chunk])) for i in range(0, len(images), chunk)]
+        outs = [
+            torch.sigmoid(self._forward(params, images[i : i + chunk]))
+            for i in range(0, len(images), chunk)
+        ]
         return torch.cat(outs)
 
     @torch.no_grad()
-    def stacked_predict(self, params: Mapping[str, Tensor], images: Tensor, *, chunk: int = 256) -> Tensor:
+    def stacked_predict(
+        self, params: Mapping[str, Tensor], images: Tensor, *, chunk: int = 256
+    ) -> Tensor:
         """Sigmoid probabilities [K, N, C] of K stacked models on the same images."""
         outs = [
             torch.sigmoid(self._stacked_forward(params, images[i : i + chunk]))
             for i in range(0, len(images), chunk)
         ]
         return torch.cat(outs, dim=1)
+
+
+def clip_per_example(per_example: Mapping[str, Tensor], clip_norm: float) -> dict[str, Tensor]:
+    """Scale each example's gradient [K, B, ...] (all tensors together) to L2 norm <= clip_norm.
+
+    Opacus's rule: factor min(1, C / (norm + 1e-6)), so a clipped norm stays strictly below C.
+    """
+    squares = [(g.flatten(2) ** 2).sum(-1) for g in per_example.values()]
+    norms = torch.stack(squares).sum(0).sqrt()  # [K, B]
+    factor = (clip_norm / (norms + 1e-6)).clamp(max=1.0)
+    return {
+        name: g * factor.view(*factor.shape, *([1] * (g.ndim - 2)))
+        for name, g in per_example.items()
+    }
+
+
+def private_gradients(
+    per_example: Mapping[str, Tensor],
+    *,
+    clip_norm: float,
+    noise_multipliers: Sequence[float],
+    generators: Sequence[torch.Generator],
+) -> dict[str, Tensor]:
+    """DP-SGD gradient of K models: (sum_b clip(g_kb, C) + N(0, sigma_k^2 C^2 I)) / B.
+
+    `per_example` holds [K, B, ...] gradients; model k's noise comes from `generators[k]`, one
+    tensor at a time in sorted-name order, so a node's noise does not depend on which other
+    nodes share the batch. With sigma = 0 and a huge C this is the plain mean gradient.
+    """
+    clipped = clip_per_example(per_example, clip_norm)
+    batch = next(iter(per_example.values())).shape[1]
+    out = {}
+    for name in sorted(clipped):
+        summed = clipped[name].sum(1)
+        noise = torch.stack(
+            [
+                sigma * clip_norm * torch.randn(summed.shape[1:], generator=generator)
+                for sigma, generator in zip(noise_multipliers, generators, strict=True)
+            ]
+        )
+        out[name] = (summed + noise.to(device=summed.device, dtype=summed.dtype)) / batch
+    return out
 
 
 def stacked_parameters(module: nn.Module, copies: int) -> dict[str, Tensor]:

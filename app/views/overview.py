@@ -79,7 +79,7 @@ def _network(context: AppContext, info: RunInfo, hospitals: list[str]) -> None:
     )
     nodes = node_table(hospitals, method=method, status=status, exchanges=exchanges, sites=sites)
     edges = edge_table(info.topology.get("edges", []), nodes, exchanges, method)
-    left, right = st.columns([3, 2])
+    left, right = st.columns(2)
     with left:
         st.altair_chart(charts.network_chart(nodes, edges), width="stretch")
     with right:

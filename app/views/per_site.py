@@ -39,7 +39,7 @@ def _results(context: AppContext, test_set: str) -> tuple[pd.DataFrame, bool]:
 
 def _controls(methods: list[str]) -> tuple[str, str, str]:
     """(method, test set, comparison) chosen by the user."""
-    left, middle, right = st.columns([2, 2, 3])
+    left, right = st.columns([3, 2], vertical_alignment="bottom")
     method = left.selectbox(
         "Method",
         methods,
@@ -47,9 +47,9 @@ def _controls(methods: list[str]) -> tuple[str, str, str]:
         format_func=lambda m: METHOD_LABELS.get(m, m),
         key="auc_method",
     )
-    local = middle.toggle("Local test set", key="auc_local", help=TEST_SET_HELP)
+    local = right.toggle("Local test set", key="auc_local", help=TEST_SET_HELP)
     options = [c for c in COMPARISONS if c == "none" or (c in methods and c != method)]
-    compare = right.radio(
+    compare = st.radio(
         "Show",
         options,
         format_func=COMPARISONS.get,
@@ -81,7 +81,7 @@ def _means(results: pd.DataFrame, method: str) -> None:
 def _finding_metrics(row: pd.Series, min_positives: int) -> None:
     total = int(row["n_pos"]) + int(row["n_neg"])
     prevalence = 100 * row["n_pos"] / total if total else float("nan")
-    cols = st.columns(3)
+    cols = st.columns([2, 3, 2])
     cols[0].metric(
         "AUC",
         format_auc(row["auc"], row["n_pos"], min_positives),
@@ -124,7 +124,7 @@ def _drill_down(context: AppContext, frame: pd.DataFrame, method: str, test_set:
             "neutral review aid, not a clinical cut-off."
         )
     detail = site_detail(rows.reset_index(), rocs, min_positives=context.settings.min_positives)
-    st.dataframe(detail, hide_index=True, width="stretch")
+    st.dataframe(detail, hide_index=True, width="stretch", height="content")
     if rocs:
         with st.expander("All ROC curves of this site"):
             st.altair_chart(charts.roc_grid(rocs), width="content")

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from torch import Tensor
 
 from consensus.algorithms import Algorithm
+from consensus.privacy_errors import PrivacyBudgetExhausted
 from consensus.schema import MessageSchema
 from consensus.wire import (
     REASONS,
@@ -33,17 +34,22 @@ class Aggregator(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class Delivery:
-    """One message in one direction: its size on the wire and what became of it."""
+    """One message in one direction: its size on the wire and what became of it.
+
+    `withheld`: the sender sent nothing, because its privacy budget is spent
+    (PrivacyBudgetExhausted from its `outgoing`); such a direction counts as not sent.
+    """
 
     sender: str
     receiver: str
     num_bytes: int
     lost: bool = False
     rejected: str | None = None  # a MessageRejected reason code
+    withheld: bool = False
 
     @property
     def delivered(self) -> bool:
-        return not self.lost and self.rejected is None
+        return not self.withheld and not self.lost and self.rejected is None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,6 +72,7 @@ class LinkStats:
     messages_delivered: int = 0
     bytes_delivered: int = 0
     rejections: Mapping[str, int] = field(default_factory=dict)  # reason -> count
+    messages_withheld: int = 0  # not sent: the sender's privacy budget is spent
 
     @property
     def messages_rejected(self) -> int:
@@ -73,6 +80,8 @@ class LinkStats:
 
     def counted(self, delivery: Delivery) -> LinkStats:
         """These counters plus one delivery (a new object; stats are immutable snapshots)."""
+        if delivery.withheld:
+            return dataclasses.replace(self, messages_withheld=self.messages_withheld + 1)
         rejections = dict(self.rejections)
         if delivery.rejected is not None:
             rejections[delivery.rejected] = rejections.get(delivery.rejected, 0) + 1
@@ -85,6 +94,7 @@ class LinkStats:
             messages_delivered=self.messages_delivered + delivery.delivered,
             bytes_delivered=self.bytes_delivered + delivery.num_bytes * delivery.delivered,
             rejections=rejections,
+            messages_withheld=self.messages_withheld,
         )
 
 
@@ -105,6 +115,10 @@ class TransportStats:
     @property
     def messages_delivered(self) -> int:
         return sum(link.messages_delivered for link in self.links)
+
+    @property
+    def messages_withheld(self) -> int:
+        return sum(link.messages_withheld for link in self.links)
 
     @property
     def rejections(self) -> dict[str, int]:
@@ -215,27 +229,51 @@ class InMemoryTransport:
         return delivery, message
 
     def swap(self, a: str, b: str, *, lost_ab: bool = False, lost_ba: bool = False) -> SwapResult:
-        """One exchange over edge (a, b): both messages are built before either is received."""
+        """One exchange over edge (a, b): both messages are built before either is received.
+
+        A sender whose privacy budget is spent sends nothing (that direction is `withheld`);
+        the other direction is still delivered to it.
+        """
         self._endpoint(a), self._endpoint(b)  # both registered, before anything is sent
-        data_ab, data_ba = self.send(a, b), self.send(b, a)
-        ab = self.deliver(a, b, data_ab, lost=lost_ab)
-        ba = self.deliver(b, a, data_ba, lost=lost_ba)
+        data_ab, data_ba = self._send_unless_withheld(a, b), self._send_unless_withheld(b, a)
+        ab = self._deliver_or_withhold(a, b, data_ab, lost=lost_ab)
+        ba = self._deliver_or_withhold(b, a, data_ba, lost=lost_ba)
         return SwapResult(ab=ab, ba=ba)
+
+    def _send_unless_withheld(self, sender: str, receiver: str) -> bytes | None:
+        """`send`, or None when the sender's privacy budget is spent (it sends nothing)."""
+        try:
+            return self.send(sender, receiver)
+        except PrivacyBudgetExhausted:
+            return None
+
+    def _deliver_or_withhold(
+        self, sender: str, receiver: str, data: bytes | None, *, lost: bool
+    ) -> Delivery:
+        if data is not None:
+            return self.deliver(sender, receiver, data, lost=lost)
+        delivery = Delivery(sender=sender, receiver=receiver, num_bytes=0, withheld=True)
+        link = self._links.get((sender, receiver), LinkStats(sender=sender, receiver=receiver))
+        self._links[(sender, receiver)] = link.counted(delivery)
+        return delivery
 
     def broadcast_round(self, server: Aggregator, clients: Sequence[str]) -> list[Delivery]:
         """One FedAvg round: clients -> server, server.aggregate, server -> every client.
 
         The server joins at its first round unless `register_server` was called. Clients
-        whose upload is rejected are left out of the average; all receive the new model.
+        whose upload is rejected, or withheld (privacy budget spent), are left out of the
+        average; all receive the new model.
         """
         if server.node not in self._endpoints:
             self.register_server(server, schema=self._endpoint(clients[0]).schema)
         uploads: dict[str, Mapping[str, Tensor]] = {}
         deliveries: list[Delivery] = []
         for client in clients:
-            delivery, message = self._receive(
-                client, server.node, self.send(client, server.node), lost=False
-            )
+            data = self._send_unless_withheld(client, server.node)
+            if data is None:
+                deliveries.append(self._deliver_or_withhold(client, server.node, None, lost=False))
+                continue
+            delivery, message = self._receive(client, server.node, data, lost=False)
             deliveries.append(delivery)
             if message is not None:
                 uploads[client] = message.tensors

@@ -78,7 +78,8 @@ def test_heatmap_shows_the_store_auc_of_every_cell(sim_run, make_app) -> None:
             assert cell["label"] == "n/a"
         else:
             assert cell["auc"] == pytest.approx(row["auc"])
-            assert cell["label"] == f"{row['auc']:.3f}"
+            assert cell["label"] == f"{row['auc']:.2f}"
+            assert cell["auc_text"] == f"{row['auc']:.3f}"
 
 
 def test_never_seen_cells_are_marked(sim_run, make_app) -> None:

@@ -94,7 +94,10 @@ def test_config_off_needs_nothing_and_has_no_budget():
             "exactly one",
         ),
         ({"mode": "exchange", "clip_norm": 1.0, "noise_multiplier": 0.0}, "positive"),
-        ({"mode": "exchange", "clip_norm": 1.0, "target_epsilon": 3.0}, "planned_releases"),
+        (
+            {"mode": "exchange", "clip_norm": 1.0, "target_epsilon": 3.0, "planned_releases": 0},
+            "planned_releases",
+        ),
         ({"mode": "exchange", "noise_multiplier": 1.0}, "--clip"),
         ({"mode": "exchange", "noise_multiplier": 1.0, "clip_norm": 1.0, "delta": 1.5}, "delta"),
         (
@@ -110,6 +113,12 @@ def test_config_off_needs_nothing_and_has_no_budget():
 def test_config_refuses_settings_without_a_true_guarantee(kwargs, message):
     with pytest.raises(PrivacyConfigError, match=message):
         PrivacyConfig(**kwargs)
+
+
+def test_a_target_without_planned_releases_is_refused_when_the_noise_is_calibrated():
+    config = PrivacyConfig(mode="exchange", clip_norm=1.0, target_epsilon=3.0)  # sim plans it
+    with pytest.raises(PrivacyConfigError, match="planned_releases"):
+        config.exchange_noise_multiplier(1e-5)
 
 
 def test_config_budget_defaults_to_target_and_delta_to_record_count():

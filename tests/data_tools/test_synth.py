@@ -24,6 +24,7 @@ from data_tools.prevalence import (
     NIH_IMAGES,
     NIH_POSITIVES,
     PrevalenceConfig,
+    SiteMix,
     assign_absent_findings,
     derive_nih_statistics,
     nih_label_model,
@@ -61,6 +62,16 @@ def test_absent_findings_are_never_sampled_and_each_finding_stays_at_three_sites
                 present_at[finding] += 1
                 assert labels[:, k].mean() > 0.015
     assert min(present_at.values()) >= 3
+
+
+def test_site_without_the_common_findings_meets_its_targets_with_more_normals() -> None:
+    config = PrevalenceConfig()
+    absent = ("Atelectasis", "Effusion", "Infiltration", "Mass", "Nodule")
+    targets = np.maximum(nih_prevalence(), config.floor)
+    targets[[FINDINGS.index(f) for f in absent]] = 0.0
+    model = site_label_model(SiteMix(absent=absent, targets=tuple(targets)), config)
+    assert np.abs(model.prevalence() - targets).max() < 1e-3
+    assert model.no_finding() > config.no_finding
 
 
 def test_impossible_absence_plan_is_refused_with_advice() -> None:
@@ -150,13 +161,10 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def test_same_seed_gives_the_same_bytes_with_any_worker_count(tmp_path: Path) -> None:
-    small = ["--per-site", "5", "--test-size", "12", "--size", "24", "--missing-per-site", "2"]
+    small = ["--sites", "3", "--per-site", "6", "--test-size", "6", "--missing-per-site", "0"]
     for name, seed, workers in (("a", "1", "1"), ("b", "1", "2"), ("c", "2", "1")):
-        out = str(tmp_path / name)
-        assert (
-            main(["synth", "--out", out, *small, "--seed", seed, "--workers", workers, "--quiet"])
-            == 0
-        )
+        flags = ["--size", "32", "--seed", seed, "--workers", workers, "--quiet"]
+        assert main(["synth", "--out", str(tmp_path / name), *small, *flags]) == 0
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     labels_a = (tmp_path / "a" / "N1" / LABELS_FILENAME).read_bytes()
     assert labels_a != (tmp_path / "c" / "N1" / LABELS_FILENAME).read_bytes()

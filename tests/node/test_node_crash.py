@@ -10,7 +10,7 @@ import pytest
 import torch
 from node_helpers import SITES, swapped_with_all
 
-from consensus import ConsensusConfig, make_algorithm
+from consensus import make_algorithm
 from consensus.wire import Message, MessageHeader, encode_message
 from hospital_node.checkpoint import (
     CheckpointError,
@@ -94,6 +94,18 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous(tmp_path, build_
         node.shutdown(status="finished")
     with pytest.raises(CheckpointError):  # still torn: it was skipped, never trusted
         load_checkpoint_file(newest)
+
+
+def test_lost_boot_epoch_file_continues_above_the_checkpoint(tmp_path, build_network) -> None:
+    configs = build_network(tmp_path / "net", settings=IN_PROCESS)
+    config = node_config(configs["N1"], tmp_path / "state")
+    for _ in range(3):
+        first = run_node(config, 4, inject=False)  # boots 1, 2, 3; checkpoints hold epoch 3
+    config.paths.boot_epoch_file.unlink()
+
+    again = run_node(config, 4, inject=False)
+
+    assert first.boot_epoch == 3 and again.boot_epoch == 4
 
 
 def corrupt_checkpoints(directory: Path) -> int:

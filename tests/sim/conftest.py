@@ -1,0 +1,28 @@
+"""A small synthetic site tree shared by the simulation tests (generated once per session)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from data_tools.synth import SynthConfig, generate_dataset
+
+# Small but learnable: easy phantoms at 32 px, four hospitals that each lack some findings.
+SIM_DATA = SynthConfig(
+    sites=4,
+    per_site=70,
+    test_size=160,
+    size=64,
+    difficulty=0.1,
+    seed=3,
+    missing_per_site=3,
+    workers=1,
+)
+
+
+@pytest.fixture(scope="session")
+def sim_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sim-data")
+    generate_dataset(SIM_DATA, out)
+    return out
