@@ -19,6 +19,7 @@ STATE_COLOURS = {
     "unknown": "#7f7f7f",
 }
 _DIFF_LIMIT = 0.3  # the difference colour scale saturates at +/- this much AUC
+_MIN_LABEL_CELL_PX = 30  # narrower heat-map cells show colour only (numbers in the tooltip)
 
 
 def heatmap_chart(frame: pd.DataFrame, *, compare: str) -> alt.Chart:
@@ -67,6 +68,10 @@ def heatmap_chart(frame: pd.DataFrame, *, compare: str) -> alt.Chart:
     text = base.mark_text(fontSize=11).encode(
         text="label:N",
         color=alt.condition(dark, alt.value("white"), alt.value("black")),
+        # In a narrow window the cells get too small for numbers: colour and tooltip remain.
+        opacity=alt.condition(
+            f"width / {len(FINDINGS)} >= {_MIN_LABEL_CELL_PX}", alt.value(1), alt.value(0)
+        ),
     )
     # The marker sits in the cell's top-right corner whatever the cell's size (band position).
     marker = (

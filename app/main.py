@@ -8,13 +8,14 @@ import sys
 import streamlit as st
 
 from app.settings import CONTEXT_KEY
-from app.shell import APP_TITLE, GENERIC_ERROR, run_navigation, start
+from app.shell import APP_TITLE, GENERIC_ERROR, configure_logging, run_navigation, start
 
-logger = logging.getLogger("ecl-app")
+logger = logging.getLogger("app.main")
 
 
 def main(argv: list[str]) -> None:
     """Pick the run, then draw the chosen page; nothing escapes as a traceback."""
+    configure_logging()
     st.set_page_config(page_title=APP_TITLE, page_icon=":material/radiology:", layout="wide")
     st.sidebar.title(APP_TITLE)
     try:

@@ -31,6 +31,17 @@ GENERIC_ERROR = (
 )
 
 
+def configure_logging() -> None:
+    """Send the app's log (with any traceback) to the server's terminal, never to the page."""
+    log = logging.getLogger("app")
+    if log.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 def show_store_error(exc: StoreError) -> None:
     """The store's own message plus what to do; never a traceback."""
     logger.warning("results store unusable: %s", exc)

@@ -163,18 +163,22 @@ def table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[1, 2], help="one run per count, in turn"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    result = run(
-        threads=args.threads, repeats=args.repeats, batch=args.batch, image_size=args.image_size
-    )
+    results = []
+    for threads in args.threads:
+        results.append(
+            run(threads=threads, repeats=args.repeats, batch=args.batch, image_size=args.image_size)
+        )
+        print(table(results[-1]) + "\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(table(result))
+    args.out.write_text(json.dumps({"runs": results}, indent=2) + "\n")
     print(f"written to {args.out}")
 
 

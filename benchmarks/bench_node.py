@@ -1,4 +1,8 @@
-"""Three node processes on loopback: throughput with swaps on vs off; kill -9 and restart."""
+"""Three node processes on loopback: throughput with swaps on vs off; kill -9 and restart.
+
+Throughput is reported per wall-clock second and per CPU second of the node process (all its
+threads, so swap work counts): on a shared machine the CPU figure is the steadier one.
+"""
 
 from __future__ import annotations
 
@@ -70,6 +74,12 @@ class Node:
                 return status
             time.sleep(0.25)
         return None
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process, all threads (Linux /proc)."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -169,22 +179,32 @@ def throughput(
     nodes = start_all(configs, logs)
     try:
         time.sleep(3.0)  # warm-up: first swaps, allocator, caches
-        first = {n: node.status() for n, node in nodes.items()}
+        first = {n: (node.status(), node.cpu_seconds()) for n, node in nodes.items()}
         time.sleep(window_s)
-        last = {n: node.status() for n, node in nodes.items()}
+        last = {n: (node.status(), node.cpu_seconds()) for n, node in nodes.items()}
     finally:
         for node in nodes.values():
             node.stop()
-    elapsed = {n: last[n]["updated_at"] - first[n]["updated_at"] for n in SITES}
-    rates = {n: (last[n]["step"] - first[n]["step"]) / elapsed[n] for n in SITES}
-    swaps_done = {
-        n: sum(p["applied"] for p in last[n]["peers"].values())
-        - sum(p["applied"] for p in first[n]["peers"].values())
+    steps = {n: last[n][0]["step"] - first[n][0]["step"] for n in SITES}
+    wall = {n: last[n][0]["updated_at"] - first[n][0]["updated_at"] for n in SITES}
+    cpu = {n: last[n][1] - first[n][1] for n in SITES}
+    applied = {
+        n: sum(p["applied"] for p in last[n][0]["peers"].values())
+        - sum(p["applied"] for p in first[n][0]["peers"].values())
         for n in SITES
     }
-    return {"steps_per_second": rates, "mean_steps_per_second": statistics.fmean(rates.values()),
-            "swaps_applied_in_window": swaps_done, "window_s": window_s,
-            "mean_swap_interval_s_per_edge": swap_interval_s}  # fmt: skip
+    return {
+        "steps_per_second": {n: steps[n] / wall[n] for n in SITES},
+        "steps_per_cpu_second": {n: steps[n] / cpu[n] for n in SITES},
+        "swaps_applied_in_window": applied,
+        "window_s": window_s,
+        "mean_swap_interval_s_per_edge": swap_interval_s,
+    }
+
+
+def summarise(runs: list[dict[str, Any]], key: str) -> float:
+    """Median over runs of the mean over nodes."""
+    return statistics.median(statistics.fmean(r[key].values()) for r in runs)
 
 
 def corrupt_files(configs: dict[str, Path]) -> tuple[int, int]:
@@ -244,7 +264,7 @@ def kill_restart(work: Path, data: Path, *, restarts: int, seed: int) -> dict[st
         "checkpoint_files": total,
         "corrupt_checkpoints": bad,
         "median_restart_to_training_s": statistics.median(
-            r["restart_to_training_s"] for r in rounds
+            [r["restart_to_training_s"] for r in rounds] or [float("nan")]
         ),
         "rounds": rounds,
     }
@@ -256,27 +276,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=20.0, help="throughput window (s)")
     parser.add_argument("--swap-interval", type=float, default=0.5,
                         help="mean seconds between swaps on an edge, swaps-on run")  # fmt: skip
+    parser.add_argument("--pairs", type=int, default=2, help="alternating off/on runs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="scratch folder")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     data = prepare(args.work)
-    off = throughput(args.work, data, swap_interval_s=None, window_s=args.window)
-    on = throughput(args.work, data, swap_interval_s=args.swap_interval, window_s=args.window)
+    off, on = [], []
+    for _ in range(args.pairs):  # alternate, so drifting machine load hits both alike
+        off.append(throughput(args.work, data, swap_interval_s=None, window_s=args.window))
+        on.append(throughput(args.work, data, swap_interval_s=args.swap_interval,
+                             window_s=args.window))  # fmt: skip
     crash = kill_restart(args.work, data, restarts=args.restarts, seed=args.seed)
     result = {
         "command": "python -m benchmarks.bench_node " + " ".join(argv or sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "load_avg": os.getloadavg(),
                     "python": platform.python_version()},
         "model": f"compact DenseNet, {IMAGE_SIZE} px, batch 8, 3 nodes on one machine",
-        "throughput": {"swaps_off": off, "swaps_on": on,
-                       "ratio_on_off": on["mean_steps_per_second"] / off["mean_steps_per_second"]},
+        "throughput": {
+            "swaps_off": off,
+            "swaps_on": on,
+            "ratio_on_off_wall": summarise(on, "steps_per_second")
+            / summarise(off, "steps_per_second"),
+            "ratio_on_off_cpu": summarise(on, "steps_per_cpu_second")
+            / summarise(off, "steps_per_cpu_second"),
+        },
         "crash": crash,
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: result[k] for k in ("throughput",)}, indent=1))
+    ratios = {k: v for k, v in result["throughput"].items() if k.startswith("ratio")}
+    print(json.dumps(ratios, indent=1))
     print(json.dumps({k: v for k, v in crash.items() if k != "rounds"}, indent=1))
     print(f"written to {args.out}")
     return 0

@@ -30,6 +30,9 @@ class Algorithm(Protocol):
 
     `params` are live tensors updated in place, never rebound. A swap over edge (i, j):
     m_ij = i.outgoing(j); m_ji = j.outgoing(i); i.incoming(j, m_ji); j.incoming(i, m_ij).
+    The tensors of `outgoing` may be views of the node's state (ECL's y_ij is, to save a
+    copy of the model per message): read-only, valid until the node's next `local_step` or
+    `load_state_dict`; encode them before, or copy them (`incoming` copies what it keeps).
     With exchange privacy, `outgoing` raises PrivacyBudgetExhausted once the node's budget
     is spent: the caller sends nothing in that direction, still delivers the other one, and
     the node keeps stepping and receiving.
@@ -338,6 +341,18 @@ class EdgeConsensus(_NodeAlgorithm):
         self._duals = self._state.duals
         self._outgoing = self._state.outgoing
         self._received = self._state.received
+        if self.config.dual_init == "model":
+            self._warm_start_duals()
+
+    @torch.no_grad()
+    def _warm_start_duals(self) -> None:
+        """z_ij = A_ij w_i(0): the common initial model is then a fixed point of the consensus
+        terms (zero constraint force, eq. 5 with w_j = w_i), instead of z = 0, which pulls
+        every model toward 0 until the first exchanges (docs/algorithm.md sec. 6.5)."""
+        for peer, (sign, _) in self._edges.items():
+            for name, w in self.params.items():
+                self._duals[peer][name].copy_(w).mul_(sign)
+        self._state.refresh_outgoing()
 
     def _message_template(self) -> dict[str, Tensor]:
         template = {f"y/{name}": w for name, w in self.params.items()}

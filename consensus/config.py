@@ -35,6 +35,9 @@ class ConsensusConfig:
     proximity_weight: float = 0.0
     # theta of ECL-ADMM's averaged dual update (eq. 10); ignored by the other methods.
     admm_relaxation: float = 0.5
+    # Initial duals: "model" (z_ij = A_ij w_i(0), no pull at the start) or "zero" (eq. 4 as
+    # published); see docs/algorithm.md sec. 6.5.
+    dual_init: str = "model"
     weight_decay: float = 0.0
     lr_schedule: str = "constant"
     warmup_steps: int = 0
@@ -55,6 +58,8 @@ class ConsensusConfig:
     def _check_choices(self) -> None:
         if self.method not in METHODS:
             raise ConsensusConfigError(f"method={self.method!r}: choose one of {METHODS}")
+        if self.dual_init not in ("model", "zero"):
+            raise ConsensusConfigError(f"dual_init={self.dual_init!r}: choose 'model' or 'zero'")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConsensusConfigError(
                 f"lr_schedule={self.lr_schedule!r}: choose one of {LR_SCHEDULES}"

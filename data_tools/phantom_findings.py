@@ -310,8 +310,8 @@ def modify_anatomy(name: str, anatomy: Anatomy, rng: np.random.Generator, jitter
 
     Cardiomegaly widens the heart (cardiothoracic ratio > 0.5); emphysema lowers and flattens
     the diaphragm and widens the lungs; atelectasis lifts one hemidiaphragm dome and pulls the
-    heart towards it; fibrosis lifts both domes a little (volume loss). Uses a child stream of `rng` so the
-    finding's overlay draws stay the same whether or not the anatomy changed.
+    heart towards it; fibrosis lifts both domes a little (volume loss). Uses a child stream of
+    `rng`, so the finding's overlay draws do not depend on the anatomy change.
     """
     (r,) = rng.spawn(1)
     spread = 0.06 * jitter

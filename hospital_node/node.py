@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
 import time
 import zlib
@@ -19,20 +18,16 @@ from consensus import ConsensusOptimizer, make_algorithm
 from consensus.transport.grpc_transport import (
     ExchangeServer,
     ExchangeWorker,
-    PeerClient,
-    RetryPolicy,
     TlsMaterial,
-    TransportConfig,
-    TransportError,
     load_tls,
 )
-from consensus.wire import MessageRejected
 from hospital_node.checkpoint import load_latest_checkpoint, save_checkpoint
 from hospital_node.data import SiteData, load_site
 from hospital_node.evaluate import Evaluation, EvaluationError, evaluate_scores
 from hospital_node.model import build_model
 from hospital_node.node_config import NodeConfig
 from hospital_node.node_handler import NodeHandler, copy_parameters
+from hospital_node.node_network import fetch_neighbour_model, start_server, start_worker
 from hospital_node.node_report import NodeReporter
 from hospital_node.node_state import next_boot_epoch, remove_stale_temp_files
 from hospital_node.train import BatchSampler, positive_weights
@@ -108,14 +103,14 @@ class HospitalNode:
         self.reporter.open_store(self.train, self.val_size, self.test)
         restored = self._restore()
         self.reporter.store_truncate(self.step)
-        self._start_server()
+        self.server = start_server(self.config, self._tls, self.handler)
         if restored is None and self.config.exchange.join == "fetch":
             self.state = "joining"
             self.reporter.write_status()
             self._join()
         self.handler.attach(self.algorithm)
         self.server.set_serving(True)
-        self._start_worker()
+        self.worker = start_worker(self.config, self._tls, self.handler)
         self.state = "training"
         self.reporter.node_status("training")
         self.reporter.write_status()
@@ -188,10 +183,17 @@ class HospitalNode:
                 f"{state.get('node')}/{state.get('method')}: point checkpoint_dir "
                 "at this node's own folder"
             )
-        self.model.load_state_dict(state["model"])  # copies into the live parameters
-        self.optimizer.load_state_dict(state["algorithm"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.handler.load_state_dict(state["handler"])
+        try:
+            self.model.load_state_dict(state["model"])  # copies into the live parameters
+            self.optimizer.load_state_dict(state["algorithm"])
+            self.sampler.load_state_dict(state["sampler"])
+            self.handler.load_state_dict(state["handler"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise NodeError(
+                f"checkpoint {step} in {self.config.paths.checkpoint_dir} does not fit this "
+                f"configuration (model, image size, peers or site changed?): {exc}. Restore "
+                "the old settings, or move the checkpoint folder aside to start afresh"
+            ) from exc
         self.step = self.resumed_from_step = step
         saved_epoch = int(state.get("boot_epoch", 0))
         if saved_epoch >= self.boot_epoch:  # the boot-epoch file was lost or restored from backup
@@ -202,98 +204,17 @@ class HospitalNode:
         log.info("%s: resumed from checkpoint at step %d", self.config.name, step)
         return step
 
-    def _transport_config(self) -> TransportConfig:
-        exchange = self.config.exchange
-        return TransportConfig(
-            method=self.config.consensus.method,
-            base_deadline_s=exchange.base_deadline_s,
-            max_reconnect_backoff_s=exchange.reconnect_backoff_max_s,
-        )
-
-    def _start_server(self) -> None:
-        listen = self.config.listen
-        self.server = ExchangeServer(
-            name=self.config.name,
-            neighbours=self.config.peer_names,
-            handler=self.handler,
-            tls=self._tls,
-            host=listen.host,
-            port=listen.port,
-            config=self._transport_config(),
-        )
-        self.server.start()
-        self.server.set_serving(False)  # until the model is final (restored or joined)
-
-    def _client(self, peer: str, address: str, retry: RetryPolicy) -> PeerClient:
-        rng = random.Random(f"{self.config.training.seed}:{self.config.name}:{peer}")
-        return PeerClient(
-            name=self.config.name,
-            peer=peer,
-            address=address,
-            tls=self._tls,
-            rng=rng,
-            config=self._transport_config(),
-            retry=retry,
-        )
-
     def _join(self) -> None:
-        """Take the first neighbour model that arrives and validates; else keep the fresh one."""
-        timeout = self.config.exchange.join_timeout_s
-        once = RetryPolicy(max_attempts=1, give_up_after_s=max(timeout, 1.0))
-        clients = [self._client(p.name, p.address, once) for p in self.config.peers]
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline and not self.stop_event.is_set():
-                for client in clients:
-                    if self._fetch_from(client):
-                        return
-                self.stop_event.wait(1.0)
-        finally:
-            for client in clients:
-                client.close()
-        log.warning(
-            "%s: no neighbour sent its model within %.0f s; starting from scratch",
-            self.config.name,
-            timeout,
-        )
-
-    def _fetch_from(self, client: PeerClient) -> bool:
-        try:
-            params = self.handler.accept_model(client.peer, client.fetch_model())
-        except (TransportError, MessageRejected) as exc:
-            log.info("%s: no model from %s yet (%s)", self.config.name, client.peer, exc)
-            return False
+        """Start from a neighbour's current model when one answers in time (join = fetch)."""
+        fetched = fetch_neighbour_model(self.config, self._tls, self.handler, self.stop_event)
+        if fetched is None:
+            return
+        peer, params = fetched
         with self.lock:
             copy_parameters(dict(self.model.named_parameters()), params)
             self._make_algorithm()  # duals and outgoing messages start from the fetched model
-        self.joined_from = client.peer
-        log.info("%s: joined with the model of %s", self.config.name, client.peer)
-        return True
-
-    def _start_worker(self) -> None:
-        exchange = self.config.exchange
-        retry = RetryPolicy(
-            max_attempts=exchange.retry_max_attempts,
-            initial_backoff_s=exchange.retry_initial_backoff_s,
-            max_backoff_s=exchange.retry_max_backoff_s,
-            give_up_after_s=exchange.retry_give_up_after_s,
-        )
-        peers = [p for p in self.config.peers if self.config.initiates_with(p.name)]
-        if not peers:
-            log.info(
-                "%s: every neighbour sorts before this node, so they start the swaps "
-                "(initiate = 'lower'); this node answers them",
-                self.config.name,
-            )
-            return
-        self.worker = ExchangeWorker(
-            handler=self.handler,
-            clients=[self._client(p.name, p.address, retry) for p in peers],
-            mean_interval_s=exchange.mean_interval_s,
-            rng=random.Random(f"{self.config.training.seed}:{self.config.name}:schedule"),
-            max_parallel=exchange.max_parallel,
-        )
-        self.worker.start()
+        self.joined_from = peer
+        log.info("%s: joined with the model of %s", self.config.name, peer)
 
     # -- train ------------------------------------------------------------------------------------
 

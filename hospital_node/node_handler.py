@@ -121,7 +121,11 @@ class NodeHandler:
         """Our message for the edge to `peer`, with a fresh sequence number (every attempt)."""
         with self._lock:
             algorithm = self._require_algorithm()
-            tensors = algorithm.outgoing(peer)
+            # outgoing() may return views of the algorithm's buffers, which the training
+            # thread rewrites at its next step: copy them under the lock, encode outside it
+            tensors = {
+                k: t.detach().to("cpu", copy=True) for k, t in algorithm.outgoing(peer).items()
+            }
             sequence = self._counter.next()
         data = self._encode(peer, algorithm.method, self._gate.schema.digest, sequence, tensors)
         with self._lock:

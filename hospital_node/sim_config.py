@@ -32,8 +32,11 @@ class DataSourceConfig:
 class TrainingConfig:
     """The local training loop, the same for every method (same budget of gradient evaluations)."""
 
-    steps: int = 200  # local steps per hospital; `centralized` gets steps x hospitals
+    steps: int = 200  # local steps per hospital
     batch_size: int = 16
+    # centralized reference: "scaled" = same steps on a hospitals-times larger batch;
+    # "same" = hospitals-times more steps at this batch size. Same gradient evaluations either way.
+    centralized_batch: str = "scaled"
     positive_weighting: bool = False  # BCE pos_weight = n_neg / n_pos per finding (capped)
     eval_every: int = 50  # evaluate on the common test subset every this many local steps
     eval_images: int = 400  # common-test images for intermediate evaluations (final uses all)
@@ -79,6 +82,8 @@ class SimulationConfig:
             raise ValueError("no methods to run")
         if self.training.steps <= 0 or self.training.batch_size <= 0:
             raise ValueError("training.steps and training.batch_size must be positive")
+        if self.training.centralized_batch not in ("scaled", "same"):
+            raise ValueError("training.centralized_batch must be 'scaled' or 'same'")
         if self.privacy.mode == "dpsgd" and self.training.positive_weighting:
             raise ValueError(
                 "DP-SGD cannot cover training.positive_weighting: its weights are computed from "

@@ -184,37 +184,47 @@ class Simulation:
 
     # --- helpers --------------------------------------------------------------------------------
     def _make_run(self, method: str) -> MethodRun:
+        config, steps = self.config, self.config.training.steps
         if method == "centralized":
             union = [self.data.train[s] for s in self.data.sites]
-            train = [
-                NodeTrainData(
-                    CENTRAL_SITE,
-                    torch.cat([d.images for d in union]),
-                    torch.cat([d.labels for d in union]),
-                )
-            ]
+            images = torch.cat([d.images for d in union])
+            train = [NodeTrainData(CENTRAL_SITE, images, torch.cat([d.labels for d in union]))]
             graph = Topology(nodes=(CENTRAL_SITE,), edges=())
-            steps = self.config.training.steps * len(self.data.sites)
+            config, steps = self._centralized_budget()
         else:
             train = [
                 NodeTrainData(s, self.data.train[s].images, self.data.train[s].labels)
                 for s in self.data.sites
             ]
-            graph, steps = self.graph, self.config.training.steps
-        speeds = None if method == "centralized" else (self.config.network.speeds or None)
+            graph = self.graph
+        speeds = None if method == "centralized" else (config.network.speeds or None)
         return MethodRun(
             method=method,
             graph=graph,
             train=train,
-            config=self.config,
+            config=config,
             init_module=self.init_module,
             steps=steps,
             speeds=speeds,
         )
 
+    def _centralized_budget(self) -> tuple[SimulationConfig, int]:
+        """The reference gets the hospitals' gradient evaluations: V x batch or V x steps.
+
+        `scaled` (default): as many updates as each hospital, each on a V-times larger batch
+        from the union, i.e. what the hospitals together compute per round of local steps.
+        `same`: V times as many updates at the hospitals' batch size (a stronger reference).
+        """
+        training, hospitals = self.config.training, len(self.data.sites)
+        if training.centralized_batch == "scaled":
+            batch = dataclasses.replace(training, batch_size=training.batch_size * hospitals)
+            return dataclasses.replace(self.config, training=batch), training.steps
+        return self.config, training.steps * hospitals
+
     def _display_step(self, run: MethodRun) -> int:
-        """Progress in local steps per hospital (centralized: its steps divided by hospitals)."""
-        scale = len(self.data.sites) if run.method == "centralized" else 1
+        """Progress in local steps per hospital (`same` centralized: its steps / hospitals)."""
+        same = run.method == "centralized" and self.config.training.centralized_batch == "same"
+        scale = len(self.data.sites) if same else 1
         return int(round(run.mean_steps / scale))
 
     def _evaluate_progress(self, method: str, run: MethodRun, step: int, elapsed: float) -> None:

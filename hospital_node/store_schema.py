@@ -109,7 +109,7 @@ class SiteInfo:
 class PrivacyStatus:
     """Privacy spent by one (method, site); epsilon/delta are the accountant's current totals."""
 
-    mode: str  # e.g. 'none', 'dp-sgd', 'dual-noise'
+    mode: str  # PrivacyConfig.mode: 'exchange' (site level) or 'dpsgd' (record level)
     epsilon: float | None
     delta: float | None
     releases: int  # noisy releases (messages or steps) accounted so far

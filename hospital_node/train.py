@@ -9,6 +9,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from torch.nn import functional as F
 
+_CLIP_MARGIN = 1e-6  # relative; see clip_per_example
+
 
 def positive_weights(train_labels: Tensor, *, max_weight: float = 20.0) -> Tensor:
     """Per-finding BCE positive weight n_neg / n_pos, capped; a finding with no positives gets 1.
@@ -145,13 +147,16 @@ class FunctionalModel:
 def clip_per_example(per_example: Mapping[str, Tensor], clip_norm: float) -> dict[str, Tensor]:
     """Scale each example's gradient [K, B, ...] (all tensors together) to L2 norm <= clip_norm.
 
-    Opacus's rule: factor min(1, C / (norm + 1e-6)), so a clipped norm stays strictly below C.
+    The bound is the privacy proof's sensitivity, so it must survive rounding: norms are taken
+    in float64 and examples are scaled to C (1 - 1e-6), a margin above float32's rounding of
+    the product (Opacus's norm + 1e-6 can end an ulp above C).
     """
-    squares = [(g.flatten(2) ** 2).sum(-1) for g in per_example.values()]
+    squares = [(g.double().flatten(2) ** 2).sum(-1) for g in per_example.values()]
     norms = torch.stack(squares).sum(0).sqrt()  # [K, B]
-    factor = (clip_norm / (norms + 1e-6)).clamp(max=1.0)
+    bound = clip_norm * (1 - _CLIP_MARGIN)
+    factor = torch.where(norms > bound, bound / norms, torch.ones_like(norms))
     return {
-        name: g * factor.view(*factor.shape, *([1] * (g.ndim - 2)))
+        name: g * factor.to(g.dtype).view(*factor.shape, *([1] * (g.ndim - 2)))
         for name, g in per_example.items()
     }
 

@@ -26,7 +26,7 @@ from app.viewer import (
     resolve_in_folder,
 )
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("app.views.case_viewer")  # pages run as __main__
 
 FOLDER, UPLOAD = "A file from the DICOM folder", "Upload a file"
 DISCLAIMER = (

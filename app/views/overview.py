@@ -15,15 +15,19 @@ from hospital_node.store_read import RunInfo
 
 
 def privacy_setting(info: RunInfo) -> str:
-    """The run's privacy mode in a few words."""
+    """The run's privacy mode and its main setting, in a few words."""
     settings: Any = info.privacy or info.config.get("privacy")
-    if not isinstance(settings, dict):
-        return "none (no differential privacy)"
-    mode = str(settings.get("mode", "off"))
+    mode = str(settings.get("mode", "off")) if isinstance(settings, dict) else "off"
     if mode in ("off", "none"):
         return "none (no differential privacy)"
-    target = settings.get("target_epsilon") or settings.get("epsilon_budget")
-    return f"{mode}, target ε {target}" if target is not None else mode
+    parts = [mode]
+    if settings.get("target_epsilon") is not None:
+        parts.append(f"target ε {settings['target_epsilon']:g}")
+    elif settings.get("noise_multiplier") is not None:
+        parts.append(f"noise σ {settings['noise_multiplier']:g}")
+    if settings.get("epsilon_budget") is not None:
+        parts.append(f"budget ε {settings['epsilon_budget']:g}")
+    return ", ".join(parts)
 
 
 def _run_status(info: RunInfo) -> None:
@@ -51,7 +55,7 @@ def _summary(info: RunInfo, hospitals: list[str]) -> None:
     cols[0].metric("Status", info.status)
     cols[1].metric("Hospitals", len(hospitals))
     cols[2].metric("Network", str(info.topology.get("kind", "?")))
-    cols[3].metric("Privacy", privacy_setting(info).split(" (")[0])
+    cols[3].metric("Privacy", privacy_setting(info).split(" (")[0].split(",")[0])
     st.caption(
         f"Methods: {', '.join(methods) or '—'} · model: {model.get('architecture', '?')} · "
         f"privacy: {privacy_setting(info)} · started {info.created_at[:19].replace('T', ' ')} "

@@ -10,11 +10,9 @@ import pytest
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
-from consensus.privacy import gaussian_epsilon
 from data_tools.labels import FINDINGS
 from hospital_node.store import ResultsStore
 from hospital_node.store_read import StoreReader
-from hospital_node.store_schema import PrivacyStatus
 
 PER_SITE = "views/per_site.py"
 PROGRESS = "views/progress.py"
@@ -165,22 +163,27 @@ def test_privacy_page_without_dp_says_so(sim_run, make_app) -> None:
     assert "did not use differential privacy" in at.info[0].value
 
 
-def test_privacy_page_with_dp(sim_run, store_copy, make_app) -> None:
-    epsilon = gaussian_epsilon([(4.0, 100)], delta=1e-5)  # the accountant's figure, ~35
-    with ResultsStore.open(store_copy) as store:
-        for i, site in enumerate(["N1", "N2", "N3", "N4"]):
-            spent = PrivacyStatus(
-                mode="exchange", epsilon=epsilon * (i + 1) / 4, delta=1e-5, releases=25 * (i + 1),
-                exhausted=i == 3, budget=epsilon * 0.9, noise_multiplier=4.0, clip=1.0,
-            )  # fmt: skip
-            store.set_privacy(sim_run.run_id, METHOD, site, spent)
-    at = open_page(make_app("--results", store_copy), PRIVACY)
+def test_privacy_page_with_dp(sim_run, make_app) -> None:
+    at = open_page(make_app("--results", sim_run.store))
+    expected = [f"{sim_run.run_id} (finished)", f"{sim_run.dp_run_id} (finished)"]
+    assert at.selectbox(key="run_id").options == expected  # newest first
+    at.selectbox(key="run_id").set_value(sim_run.dp_run_id).run()
+    assert {m.label: m.value for m in at.metric}["Privacy"] == "exchange"
+    at.switch_page(PRIVACY).run()
+    assert not at.exception
+    with StoreReader.open_readonly(sim_run.store) as reader:
+        spent = reader.privacy(sim_run.dp_run_id).set_index("site")
+    assert not spent.empty
     table = at.dataframe[0].value.set_index("Hospital")
-    assert table.at["N4", "Epsilon spent"] == f"{epsilon:.2f}"
-    assert table.at["N4", "Stopped sending"] == "yes"
-    assert table.at["N1", "Budget used"] == f"{100 / 4 / 0.9:.0f} %"
-    assert any("N4 has spent its privacy budget" in w.value for w in at.warning)
+    assert list(table.index) == ["N1", "N2", "N3", "N4"]
+    for site, row in spent.iterrows():
+        assert table.at[site, "Epsilon spent"] == f"{row['epsilon']:.2f}"
+        assert table.at[site, "Budget"] == f"{row['budget']:.2f}"
+        assert table.at[site, "Stopped sending"] == ("yes" if row["exhausted"] else "no")
+        stopped = any(f"{site} has spent its privacy budget" in w.value for w in at.warning)
+        assert stopped == bool(row["exhausted"])
     assert "whole data set" in at.caption[0].value
+    assert chart_data(at)["epsilon"].tolist() == pytest.approx(spent["epsilon"].tolist())
 
 
 def test_running_run_shows_what_exists(sim_run, store_copy, make_app) -> None:
@@ -253,3 +256,22 @@ def test_locked_store_gives_a_clear_message(store_copy, make_app) -> None:
 def test_bad_arguments_give_a_clear_message(make_app) -> None:
     at = open_page(make_app("--no-such-flag"))
     assert "arguments it cannot use" in at.error[0].value
+
+
+def test_unexpected_failure_shows_a_message_and_logs_the_traceback(
+    sim_run, make_app, monkeypatch, caplog
+) -> None:
+    import app.data
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("simulated bug")
+
+    at = make_app("--results", sim_run.store)
+    at.run()
+    monkeypatch.setattr(app.data, "load_sites", broken)
+    with caplog.at_level("ERROR", logger="app"):
+        at.switch_page(PER_SITE).run()
+    assert not at.exception
+    assert "Something went wrong" in at.error[0].value
+    assert "simulated bug" not in at.error[0].value
+    assert any(r.exc_info and "simulated bug" in str(r.exc_info[1]) for r in caplog.records)
