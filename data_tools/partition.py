@@ -1,7 +1,7 @@
 """Patient-level, seeded, non-homogeneous partition of a labelled image set into N hospitals.
 
 Pure functions on arrays and ids: no file I/O, no global RNG (a numpy Generator is passed in).
-The scheme is documented in docs/nih-partition.md; in short:
+The scheme is documented in docs/data.md (NIH partition section); in short:
 
 1. Site sizes follow a fixed geometric profile (largest / smallest = `size_ratio`), applied
    as patient quotas.

@@ -65,19 +65,32 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _field_default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
 def from_mapping(cls: type[T], mapping: Mapping[str, Any], *, where: str = "") -> T:
-    """Build dataclass `cls` from a nested mapping: unknown keys fail, missing ones default."""
+    """Build dataclass `cls` from a nested mapping: unknown keys fail, missing ones default.
+
+    A nested table only overrides the fields it names: the rest keep the defaults of the
+    enclosing dataclass's field (e.g. the simulation's own ConsensusConfig defaults).
+    """
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(mapping) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(mapping) - set(fields))
     if unknown:
         raise ConfigError(
-            f"{where or cls.__name__}: unknown field(s) {unknown}; known: {sorted(names)}"
+            f"{where or cls.__name__}: unknown field(s) {unknown}; known: {sorted(fields)}"
         )
-    kwargs = {
-        key: _coerce(value, hints[key], f"{where}.{key}" if where else key)
-        for key, value in mapping.items()
-    }
+    kwargs = {}
+    for key, value in mapping.items():
+        path = f"{where}.{key}" if where else key
+        default = _field_default(fields[key])
+        if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
+            value = {**to_dict(default), **value}
+        kwargs[key] = _coerce(value, hints[key], path)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:

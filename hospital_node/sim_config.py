@@ -20,8 +20,8 @@ class DataSourceConfig:
     image_size: int = 64  # training resolution (images are resized once, then cached)
     cache_dir: str = ""  # decoded-image cache; empty -> the user cache directory
     synth_sites: int = 8
-    synth_per_site: int = 400  # mean images per hospital (sizes differ per hospital)
-    synth_test_size: int = 800  # common held-out test set
+    synth_per_site: int = 300  # mean images per hospital (sizes differ per hospital)
+    synth_test_size: int = 600  # common held-out test set
     synth_size: int = 128  # DICOM matrix written by the phantom generator
     synth_difficulty: float = 0.5  # 0 easy .. 1 hard (lesion contrast, size jitter, noise)
     synth_missing_per_site: int = 5  # findings each hospital never sees
@@ -32,7 +32,7 @@ class DataSourceConfig:
 class TrainingConfig:
     """The local training loop, the same for every method (same budget of gradient evaluations)."""
 
-    steps: int = 200  # local steps per hospital
+    steps: int = 150  # local steps per hospital
     batch_size: int = 16
     # centralized reference: "scaled" = same steps on a hospitals-times larger batch;
     # "same" = hospitals-times more steps at this batch size. Same gradient evaluations either way.
@@ -54,7 +54,7 @@ class NetworkConfig:
     topology: str = "ring"  # ring | full | regular | edges
     degree: int = 4  # for `regular` (random k-regular graph)
     edges: tuple[str, ...] = ()  # for `edges`: "N1-N2" pairs
-    exchange_interval: float = 4.0  # mean local steps between two swaps on one edge
+    exchange_interval: float = 2.0  # mean local steps between two swaps on one edge
     speeds: tuple[float, ...] = ()  # relative node speeds; empty -> seeded jitter around 1
     speed_jitter: float = 0.2  # +/- fraction for the seeded speeds
     message_loss: float = 0.0  # probability that one direction of a swap is lost
@@ -70,7 +70,8 @@ class SimulationConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
-    consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+    # lr 0.1: plain SGD from scratch on the compact network (calibrate_phantom uses the same).
+    consensus: ConsensusConfig = field(default_factory=lambda: ConsensusConfig(learning_rate=0.1))
     # --dp exchange|dpsgd|off and friends (docs/privacy.md); one config for every method.
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
