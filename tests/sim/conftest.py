@@ -8,15 +8,15 @@ import pytest
 
 from data_tools.synth import SynthConfig, generate_dataset
 
-# Small but learnable: easy phantoms at 32 px, four hospitals that each lack some findings.
+# Small but learnable: easy phantoms at 32 px, five hospitals that each lack 4 findings.
 SIM_DATA = SynthConfig(
-    sites=4,
+    sites=5,
     per_site=70,
     test_size=160,
     size=64,
     difficulty=0.1,
     seed=3,
-    missing_per_site=3,
+    missing_per_site=4,
     workers=1,
 )
 

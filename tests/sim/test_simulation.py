@@ -43,11 +43,10 @@ def test_ecl_beats_local_on_findings_a_site_never_saw(sim_data_dir: Path, tmp_pa
     report_path = tmp_path / "report.json"
     args = sim_args(
         sim_data_dir, out,
-        "--methods", "local,ecl-pdmm", "--steps", "150", "--seed", "1",
+        "--methods", "local,ecl-pdmm", "--steps", "200", "--seed", "1",
         "--report-json", str(report_path),
-        "--set", "training.eval_every=50", "--set", "training.checkpoint_every=150",
-        "--set", "consensus.learning_rate=0.1",
-        "--set", "network.exchange_interval=2",
+        "--set", "training.eval_every=50", "--set", "training.checkpoint_every=200",
+        "--set", "network.topology=full", "--set", "network.exchange_interval=2",
     )  # fmt: skip
     assert main(args) == 0
     report = _report(report_path)
@@ -66,12 +65,13 @@ def test_ecl_beats_local_on_findings_a_site_never_saw(sim_data_dir: Path, tmp_pa
     local = _absent_auc_per_site(report, "local", absent)
     assert set(ecl) == set(local) == set(absent)
     for site in absent:
-        assert ecl[site] > local[site] + 0.02, (site, ecl[site], local[site])
+        assert ecl[site] > local[site], (site, ecl[site], local[site])
+    assert np.mean(list(ecl.values())) > np.mean(list(local.values())) + 0.02
 
     final = residual[residual["step"] == residual["step"].max()].set_index("method")["value"]
-    assert final["ecl-pdmm"] < 0.5 * final["local"]
+    assert final["ecl-pdmm"] < 0.1 * final["local"]
     ecl_curve = residual[residual["method"] == "ecl-pdmm"].sort_values("step")["value"].to_numpy()
-    assert ecl_curve[-1] < ecl_curve.max()  # grows as hospitals start apart, then shrinks
+    assert ecl_curve[-1] < ecl_curve[0]  # consensus tightens while local models drift apart
 
 
 def report_findings(report: dict) -> list[str]:
