@@ -19,7 +19,7 @@ STATE_COLOURS = {
     "unknown": "#7f7f7f",
 }
 _DIFF_LIMIT = 0.3  # the difference colour scale saturates at +/- this much AUC
-_MIN_LABEL_CELL_PX = 30  # narrower heat-map cells show colour only (numbers in the tooltip)
+_MIN_LABEL_CELL_PX = 25  # narrower heat-map cells show colour only (numbers in the tooltip)
 
 
 def heatmap_chart(frame: pd.DataFrame, *, compare: str) -> alt.Chart:
@@ -65,7 +65,7 @@ def heatmap_chart(frame: pd.DataFrame, *, compare: str) -> alt.Chart:
     # White text on dark cells; faded (unreliable) cells are light, so they keep black text.
     dark = "datum.value < 0.72" if compare == "none" else f"abs(datum.value) > {_DIFF_LIMIT * 0.6}"
     dark = f"datum.reliable && ({dark})"
-    text = base.mark_text(fontSize=11).encode(
+    text = base.mark_text(fontSize=10).encode(
         text="label:N",
         color=alt.condition(dark, alt.value("white"), alt.value("black")),
         # In a narrow window the cells get too small for numbers: colour and tooltip remain.
@@ -194,7 +194,7 @@ def network_chart(nodes: pd.DataFrame, edges: pd.DataFrame) -> alt.LayerChart:
             "state:N",
             title="State",
             scale=alt.Scale(domain=states, range=[STATE_COLOURS[s] for s in states]),
-            legend=alt.Legend(orient="bottom", columns=3),
+            legend=alt.Legend(orient="bottom", columns=2),
         )
     )
     labels = node_marks.mark_text(color="white", fontWeight="bold", fontSize=13).encode(

@@ -184,7 +184,7 @@ class NodeReporter:
     # -- status.json ------------------------------------------------------------------------------
 
     def status_snapshot(self) -> dict[str, Any]:
-        """The status.json document (docs/_node_runtime.md describes every field)."""
+        """The status.json document (docs/hospital-it.md describes every field)."""
         node, config = self._node, self._config
         handler = node.handler.snapshot() if node.handler is not None else {}
         clients = node.peer_clients_status()

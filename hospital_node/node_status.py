@@ -113,7 +113,7 @@ def _peer_summary(name: str, entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def collect_status(config: NodeConfig, *, timeout: float = 3.0) -> dict[str, Any]:
-    """The document `hospital-node status --json` prints (fields: docs/_node_runtime.md)."""
+    """The document `hospital-node status --json` prints (fields: docs/hospital-it.md)."""
     health = check_health(config, timeout=timeout)
     try:
         live = read_json(config.paths.status_file) or {}

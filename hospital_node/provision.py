@@ -150,6 +150,9 @@ def node_config(network: NetworkDescription, name: str) -> dict[str, Any]:
         "tls": {"ca_cert": "ca.crt", "cert": f"{spec.name}.crt", "key": f"{spec.name}.key"},
         "peers": [{"name": p.name, "host": p.host, "port": p.port} for p in peers],
         "algorithm": dict(network.algorithm),
+        # The whole graph: symmetric edge weights (docs/algorithm.md eq. 6) need the
+        # neighbours' degrees, which the peer list alone does not give on irregular graphs.
+        "topology": {"edges": [list(edge) for edge in network.edges]},
     }
 
 

@@ -75,11 +75,13 @@ if "${PODMAN[@]}" image exists "$BASE_IMAGE"; then
 elif [ "$BASE_IMAGE" = "localhost/debian-bookworm:minbase" ]; then
   command -v debootstrap >/dev/null 2>&1 || die "debootstrap is missing (apt-get install debootstrap)"
   [ "$(id -u)" = 0 ] || die "making the base image with debootstrap needs root"
-  log "1. base image: debootstrap --variant=minbase bookworm (about 30 s)"
+  log "1. base image: debootstrap --variant=minbase bookworm (30 s to a few minutes)"
   rootfs="$WORK/rootfs"
   rm -rf "$rootfs"
   debootstrap --variant=minbase bookworm "$rootfs" >"$WORK/debootstrap.log" 2>&1 \
     || { tail -n 20 "$WORK/debootstrap.log" >&2; die "debootstrap failed (log: $WORK/debootstrap.log)"; }
+  # debootstrap leaves the downloaded .debs (~40 MB) behind: keep them out of the base layer
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   tar -C "$rootfs" -c . | "${PODMAN[@]}" import - "$BASE_IMAGE" >"$WORK/import.log" 2>&1 \
     || { cat "$WORK/import.log" >&2; die "podman import failed"; }
   rm -rf "$rootfs"
@@ -254,6 +256,24 @@ for name in "${NAMES[@]}"; do
   last=$("${PODMAN[@]}" logs --tail 1 "$PREFIX-$name" 2>&1)
   echo "     $name exit $code: $last"
   [ "$code" = 0 ] || clean=0
+done
+
+# --- 9. what each node left on its state volume ---------------------------------------------
+log "9. state volumes after the stop"
+for name in "${NAMES[@]}"; do
+  mount=$("${PODMAN[@]}" volume inspect --format '{{.Mountpoint}}' "$PREFIX-$name-state")
+  python3 - "$name" "$mount" <<'EOF' || clean=0
+import json, sys
+from pathlib import Path
+name, root = sys.argv[1], Path(sys.argv[2])
+status = json.loads((root / "status.json").read_text())
+ckpts = sorted((root / "checkpoints").glob("ckpt-*.safetensors"))
+store = root / "results.sqlite"
+newest = f"{ckpts[-1].name} {ckpts[-1].stat().st_size / 1e6:.2f} MB" if ckpts else "none"
+print(f"     {name}: state {status['state']}, step {status['step']}, {len(ckpts)} checkpoints "
+      f"(newest {newest}), results store {store.stat().st_size / 1e3:.0f} kB")
+sys.exit(0 if status["state"] == "stopped" and ckpts else 1)
+EOF
 done
 
 TOTAL_S=$(( $(date +%s) - T0 ))

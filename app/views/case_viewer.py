@@ -92,7 +92,7 @@ def _show_probabilities(table: pd.DataFrame, site: str) -> None:
             "Versus operating point": table["call"],
         }
     )
-    st.dataframe(shown, hide_index=True, width="stretch")
+    st.dataframe(shown, hide_index=True, width="stretch", height="content")
     st.caption(
         f"Operating points: {site}'s thresholds that maximise sensitivity + specificity on the "
         "common test set; 'above' means the model would call this finding at that threshold."

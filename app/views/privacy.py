@@ -102,8 +102,12 @@ def render(context: AppContext) -> None:
     st.caption(f"Mode: **{mode}** · protects {protected_unit(mode)}")
     st.altair_chart(charts.epsilon_chart(frame), width="stretch")
     st.caption("Bars: epsilon spent so far; black tick: the hospital's budget (if any).")
-    for site in frame.loc[frame["exhausted"].astype(bool), "site"]:
-        st.warning(f"{site} has spent its privacy budget and stopped sending to its peers.")
+    stopped = list(frame.loc[frame["exhausted"].astype(bool), "site"])
+    if stopped:
+        st.warning(
+            f"{', '.join(stopped)} spent the privacy budget and stopped sending to peers "
+            "(they keep training on their own data)."
+        )
     st.dataframe(_table(frame), hide_index=True, width="stretch")
     _explain(mode)
 

@@ -157,7 +157,7 @@ def select(page, label: str, option: str, *, sidebar: bool = False) -> None:
     scope = page.get_by_test_id("stSidebar") if sidebar else page
     box = scope.get_by_test_id("stSelectbox").filter(has=page.get_by_text(label, exact=True))
     box.scroll_into_view_if_needed()
-    if option in box.inner_text().splitlines():
+    if box.locator("input").input_value() == option:
         return  # already chosen (the list would not offer it again)
     box.locator("input").fill(option)
     page.get_by_role("option", name=option, exact=True).click()

@@ -34,7 +34,7 @@ from hospital_node.store_read import StoreReader
 
 logger = logging.getLogger("capture_docs_images")
 TITLES = tuple(title for _, title, _, _ in APP_PAGES)  # side-bar link texts, PAGES order
-COLOURS = 96  # palette size: keeps each PNG small without visible banding in the UI
+COLOURS = 128  # palette size: keeps each PNG small without visible banding in the UI
 
 
 def shrink(path: Path) -> None:

@@ -51,6 +51,8 @@ def visit_every_page(page, url: str) -> dict[str, float]:
         timings[name] = round(open_page(page, f"{url}/{path}", ready), 2)
         check(page, name)
         screenshot(page, SHOTS / f"{name}.png")
+    # The first page of a fresh server also pays for importing torch & co.: time it warm too.
+    timings["overview (warm server)"] = round(open_page(page, url, PAGES[0][2]), 2)
     return timings
 
 

@@ -14,8 +14,9 @@ from opacus.accountants import RDPAccountant
 from consensus.privacy import PrivacyConfig
 from consensus.topology import from_edges, node_names
 from hospital_node.checkpoint import load_checkpoint_file, save_checkpoint
+from hospital_node.configio import ConfigError
 from hospital_node.model import ModelConfig, build_model
-from hospital_node.sim_cli import main
+from hospital_node.sim_cli import build_parser, main, resolve_config
 from hospital_node.sim_config import SimulationConfig, TrainingConfig
 from hospital_node.sim_engine import MethodRun, NodeTrainData
 from hospital_node.sim_privacy import SimulatedDpsgd, planned_releases
@@ -220,6 +221,30 @@ def test_a_resumed_run_spends_exactly_as_much_as_an_uninterrupted_one(privacy, t
     torch.testing.assert_close(resumed.params, straight.params, rtol=1e-4, atol=1e-5)
     for i in range(4):
         assert resumed.privacy.status(i) == straight.privacy.status(i)
+
+
+# --- ecl-sim flags --------------------------------------------------------------------------
+def test_flags_and_set_overrides_resolve_into_the_privacy_config() -> None:
+    flags = ["--dp", "exchange", "--epsilon", "8", "--clip", "0.1", "--delta", "1e-6"]
+    overrides = ["--set", "privacy.accountant=prv", "--set", "privacy.planned_releases=40"]
+
+    config = resolve_config(build_parser().parse_args([*flags, *overrides]))
+
+    assert config.privacy == PrivacyConfig(
+        mode="exchange",
+        target_epsilon=8.0,
+        clip_norm=0.1,
+        delta=1e-6,
+        accountant="prv",
+        planned_releases=40,
+    )
+    with pytest.raises(ConfigError, match="positive_weighting"):  # label counts escape DP-SGD
+        resolve_config(
+            build_parser().parse_args(
+                ["--dp", "dpsgd", "--noise-multiplier", "1", "--clip", "1",
+                 "--set", "training.positive_weighting=true"]
+            )
+        )  # fmt: skip
 
 
 # --- ecl-sim end to end ------------------------------------------------------------------------
