@@ -38,7 +38,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 app: $(STAMP)
-	$(BIN)/ecl-app --results $(DEMO_DIR)/results.sqlite
+	$(BIN)/ecl-app --results $(DEMO_DIR)/results.sqlite --dicom-dir $(DEMO_DIR)/data
 
 network-demo: $(STAMP)
 	bash scripts/network_demo.sh

@@ -237,7 +237,8 @@ def line_chart(
                 alt.Tooltip(f"{y}:Q", title=y_title, format=".3g" if log else ".3f"),
             ],
         )
-        .properties(height=320)
+        # Room for the legend under the plot: about one row per four entries.
+        .properties(height=320 + 22 * math.ceil(frame[colour].nunique() / 4))
     )
 
 

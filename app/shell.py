@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -65,7 +66,8 @@ def run_page(render: Callable[[AppContext], None]) -> None:
     except StoreError as exc:
         show_store_error(exc)
     except Exception:
-        logger.exception("page %s failed", getattr(render, "__module__", "?"))
+        code = getattr(render, "__code__", None)  # page scripts run as __main__: name the file
+        logger.exception("page %s failed", Path(code.co_filename).name if code else render)
         st.error(GENERIC_ERROR, icon=":material/error:")
 
 

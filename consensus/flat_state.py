@@ -10,11 +10,11 @@ from torch import Tensor
 
 from consensus import kernels
 
-# Elements per chunk. A chunk's primal step makes ~8 passes over ~7 slices (g, w, scratch, a
-# dual and an outgoing dual per neighbour); at 2**18 elements (1 MiB in float32) they stay in
-# the L3 cache from one pass to the next, so main memory sees each byte about once instead
-# of once per pass. On DenseNet-121 (7M parameters) 2**18 to 2**19 were fastest; the whole
-# model in one chunk was ~1.5x slower.
+# Elements per chunk. A chunk's primal step makes 7 passes over up to 8 slices (g, w, the
+# scratch, and a dual and an outgoing dual per neighbour); at 2**18 elements (1 MiB in
+# float32) they stay in the L3 cache from one pass to the next, so main memory sees each byte
+# about once instead of once per pass. On DenseNet-121 (7M parameters, 1 thread) 2**18 and
+# 2**19 were fastest, 2**16 ~10% and the whole model in one chunk ~1.5x slower.
 CHUNK_NUMEL = 1 << 18
 
 
@@ -25,10 +25,8 @@ class _Chunk:
     names: tuple[str, ...]
     params: tuple[Tensor, ...]  # the live parameter tensors
     factor: float  # s_p of eq. 6, the same for the whole block
-    new: Tensor  # scratch: g, then the new w
+    new: Tensor  # scratch: g - mu w, then the new w
     new_views: tuple[Tensor, ...]  # `new` cut into the parameters' shapes
-    old: Tensor  # scratch: the current w
-    old_views: tuple[Tensor, ...]
     duals: tuple[Tensor, ...]  # z_ij, one slice per peer
     outgoing: tuple[Tensor, ...]  # y_ij, one slice per peer
     mean_received: Tensor | None  # wbar_i (eq. 7), kept only when rho > 0
@@ -141,16 +139,15 @@ class FlatState:
             start, stop = self._layout.extent(names)
             key = self._layout.keys[block][:2]
             sizes[key] = max(sizes.get(key, 0), stop - start)
-        # two scratch buffers per dtype and device, shared by all chunks: they stay in cache
+        # one scratch buffer per dtype and device, shared by all chunks: it stays in cache
         scratch = {
-            key: [torch.empty(size, dtype=key[0], device=key[1]) for _ in range(2)]
-            for key, size in sizes.items()
+            key: torch.empty(size, dtype=key[0], device=key[1]) for key, size in sizes.items()
         }
         chunks = []
         for block, names in runs:
             dtype, device, factor = self._layout.keys[block]
             start, stop = self._layout.extent(names)
-            new, old = (buffer[: stop - start] for buffer in scratch[(dtype, device)])
+            new = scratch[(dtype, device)][: stop - start]
             chunks.append(
                 _Chunk(
                     names=tuple(names),
@@ -158,8 +155,6 @@ class FlatState:
                     factor=factor,
                     new=new,
                     new_views=self._layout.cut(new, names),
-                    old=old,
-                    old_views=self._layout.cut(old, names),
                     duals=tuple(flat_duals[p][block][start:stop] for p in self.edges),
                     outgoing=tuple(flat_outgoing[p][block][start:stop] for p in self.edges),
                     mean_received=None
@@ -186,16 +181,16 @@ class FlatState:
         """
         proximity = rho if self.received else 0.0
         for chunk in self._chunks:
-            torch._foreach_copy_(chunk.new_views, [grads[name] for name in chunk.names])
-            torch._foreach_copy_(chunk.old_views, chunk.params)
-            if weight_decay != 0:
-                kernels.add_weight_decay_into(
-                    chunk.new, chunk.new, chunk.old, weight_decay=weight_decay
-                )
+            # per tensor (params and grads are not flat), one fused op each; the rest is flat
+            for new, param, name in zip(chunk.new_views, chunk.params, chunk.names, strict=True):
+                grad = grads[name]
+                if weight_decay != 0:
+                    grad = kernels.add_weight_decay_into(
+                        new, grad, param, weight_decay=weight_decay
+                    )
+                kernels.ecl_gradient_term_into(new, param, grad, mu=mu)
             eta = consensus * chunk.factor
-            kernels.ecl_primal_update_into(
-                chunk.new,
-                chunk.old,
+            kernels.ecl_consensus_terms_(
                 chunk.new,
                 chunk.duals,
                 mu=mu,
@@ -210,8 +205,8 @@ class FlatState:
     def refresh_outgoing(self) -> None:
         """y_ij <- z_ij - 2 A_ij w_i (eq. 8) for every peer, from the current parameters."""
         for chunk in self._chunks:
-            torch._foreach_copy_(chunk.old_views, chunk.params)
-            self._outgoing_duals(chunk, chunk.old)
+            torch._foreach_copy_(chunk.new_views, chunk.params)
+            self._outgoing_duals(chunk, chunk.new)
 
     def _outgoing_duals(self, chunk: _Chunk, params: Tensor) -> None:
         for out, dual, sign in zip(chunk.outgoing, chunk.duals, self._signs, strict=True):

@@ -13,8 +13,8 @@ Each rule comes in up to three forms that compute the same numbers with the same
 - `*_into(out, ...)`: one elementwise update written into `out` (None allocates). The tensor
   is one parameter, or a flat slice of a node's buffers covering many parameters, so that
   one call does the work of hundreds (`consensus.flat_state`);
-- `*_(first, ...)`: updates the tensors of its first argument in place, a list at a time
-  (torch._foreach_* ops), allocating nothing.
+- `*_(first, ...)`: updates its first argument in place, allocating nothing: a tensor, or
+  a list of tensors at once (torch._foreach_* ops).
 """
 
 from __future__ import annotations
@@ -67,8 +67,14 @@ def add_weight_decay(
 def add_weight_decay_into(
     out: Tensor | None, grad: Tensor, param: Tensor, *, weight_decay: float
 ) -> Tensor:
-    """g + weight_decay * w (one fused multiply-add) into `out` (may be `grad`; None allocates)."""
-    return torch.add(grad, param, alpha=weight_decay, out=out)
+    """g + weight_decay * w into `out` (not `grad`; None allocates).
+
+    Rounded twice, product then sum, as `grad + weight_decay * param` always was (a fused
+    multiply-add would change results in the last bit).
+    """
+    if out is grad:
+        raise ValueError("add_weight_decay_into writes w * weight_decay first: out cannot be grad")
+    return torch.mul(param, weight_decay, out=out).add_(grad)
 
 
 def ecl_primal_update(
@@ -124,16 +130,39 @@ def ecl_primal_update_into(
     `weights[j]` = (c_ij, A_ij) of `duals[j]` (eq. 6); `mean_received` is wbar_i (eq. 7),
     used when rho > 0. `out` may be `grad` or `param` (computed in place); None allocates.
     """
-    # accumulate the negated numerator g - mu w - ...: every add is one fused multiply-add
-    out = torch.add(grad, param, alpha=-mu, out=out)
+    negated = ecl_gradient_term_into(out, param, grad, mu=mu)
+    return ecl_consensus_terms_(
+        negated, duals, mu=mu, weights=weights, rho=rho, mean_received=mean_received
+    )
+
+
+def ecl_gradient_term_into(out: Tensor | None, param: Tensor, grad: Tensor, *, mu: float) -> Tensor:
+    """g - mu w into `out` (may be `grad`): how eq. 5's negated numerator starts."""
+    return torch.add(grad, param, alpha=-mu, out=out)  # one fused multiply-add
+
+
+def ecl_consensus_terms_(
+    negated: Tensor,
+    duals: TensorList,
+    *,
+    mu: float,
+    weights: Sequence[tuple[float, float]],
+    rho: float = 0.0,
+    mean_received: Tensor | None = None,
+) -> Tensor:
+    """Eq. 5 finished in place: `negated` holds g - mu w on entry, the new w on return.
+
+    Subtracts sum_j c_ij A_ij z_ij (and rho wbar_i), then divides by -(mu + sum_j c_ij
+    [+ rho]); `weights[j]` = (c_ij, A_ij) of `duals[j]`.
+    """
     denominator = mu
     for dual, (c_ij, sign) in zip(duals, weights, strict=True):
-        out.add_(dual, alpha=-c_ij * sign)
+        negated.add_(dual, alpha=-c_ij * sign)
         denominator += c_ij
     if rho > 0 and mean_received is not None:
-        out.add_(mean_received, alpha=-rho)
+        negated.add_(mean_received, alpha=-rho)
         denominator += rho
-    return out.div_(-denominator)
+    return negated.div_(-denominator)
 
 
 def mean_into(out: Tensor | None, tensors: TensorList) -> Tensor:

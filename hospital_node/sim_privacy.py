@@ -41,8 +41,10 @@ def planned_releases(*, steps: int, peers: int, exchange_interval: float) -> int
     """Expected releases of one node over a run: steps x peers / exchange_interval, rounded up.
 
     Each edge swaps about once per `exchange_interval` local steps (ExchangeSchedule), and each
-    swap is one release to that peer. The real count is random around this; a node that gets
-    more swaps than expected spends its budget early and stops sending for the rest of the run.
+    swap is one release to that peer. The real count is random around this, and with speed
+    jitter mostly above it (swaps go on until the slowest node's last step): a node that gets
+    more swaps than planned spends its budget early and stops sending for the rest of the run.
+    Pass `planned_releases` with a margin to avoid that.
     """
     return max(1, math.ceil(steps * peers / exchange_interval))
 
@@ -77,7 +79,7 @@ def exchange_privacies(
                 initial=initial,
                 n_records=n_train,
                 generator=node_generator(seed, index, EXCHANGE_STREAM),
-                checkpoint_generator=True,  # research runs resume bit-identically
+                checkpoint_generator=True,  # a resumed research run draws the same noise
             )
         )
     return privacies

@@ -138,9 +138,17 @@ class Simulation:
                 )
             )
         total = sum(len(self.data.train[s]) for s in self.data.sites)
+        pooled = (
+            torch.cat([self.data.train[s].labels for s in self.data.sites]).sum(0).int().tolist()
+        )
         sites.append(
             SiteInfo(
-                CENTRAL_SITE, n_train=total, n_val=0, n_test=len(self.data.common), role="reference"
+                CENTRAL_SITE,
+                n_train=total,
+                n_val=0,
+                n_test=len(self.data.common),
+                train_positives=dict(zip(FINDINGS, pooled, strict=True)),
+                role="reference",
             )
         )
         self.store.add_sites(self.run_id, sites)
@@ -221,6 +229,11 @@ class Simulation:
             return dataclasses.replace(self.config, training=batch), training.steps
         return self.config, training.steps * hospitals
 
+    def _model_record(self) -> dict:
+        """The model config as trained: the data's resolution is the one the app must feed it."""
+        model = dataclasses.replace(self.config.model, image_size=self.config.data.image_size)
+        return to_dict(model)
+
     def _display_step(self, run: MethodRun) -> int:
         """Progress in local steps per hospital (`same` centralized: its steps / hospitals)."""
         same = run.method == "centralized" and self.config.training.centralized_batch == "same"
@@ -285,7 +298,7 @@ class Simulation:
         for i, site in enumerate(run.graph.nodes):
             self._log_final(method, site, step, "common", common, probs[i], rng)
             self.store.save_model(
-                self.run_id, method, site, step, to_dict(self.config.model), run.node_state(i)
+                self.run_id, method, site, step, self._model_record(), run.node_state(i)
             )
             self.store.set_node_status(self.run_id, method, site, run.steps_done[i], "finished")
         # Local test splits: each hospital's own model (for centralized: the one shared model).

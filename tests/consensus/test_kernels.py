@@ -166,3 +166,14 @@ def test_pdmm_swap_without_a_step_is_idempotent(
     # and the pair (z_ij, z_ji) after a swap satisfies z_ij - z_ji = 2 (w_i + w_j) - (z_ij - z_ji)
     new_ij, new_ji = once["w"].item(), kernels.pdmm_dual_update(y_ij)["w"].item()
     assert new_ij - new_ji == pytest.approx(2 * (w_i + w_j) - (z_ij - z_ji), abs=1e-9)
+
+
+def test_weight_decay_into_rounds_like_the_dict_form_and_refuses_to_alias_the_gradient() -> None:
+    # product then sum, two roundings, as g + weight_decay * w (a fused multiply-add differs)
+    generator = torch.Generator().manual_seed(0)
+    g, w = torch.randn(1000, generator=generator), torch.randn(1000, generator=generator)
+    out = torch.empty(1000)
+    kernels.add_weight_decay_into(out, g, w, weight_decay=0.013)
+    assert torch.equal(out, g + 0.013 * w)
+    with pytest.raises(ValueError, match="cannot be grad"):
+        kernels.add_weight_decay_into(g, g, w, weight_decay=0.013)
