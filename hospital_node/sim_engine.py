@@ -53,7 +53,7 @@ class MethodRun:
         self.config = config
         self.steps = steps
         self.device = torch.device(config.training.device)
-        self.train = [dataclasses.replace(t, images=t.images, labels=t.labels) for t in train]
+        self.train = list(train)
         self.model = FunctionalModel(init_module.to(self.device))
         nodes = graph.nodes
         self.params = {

@@ -334,7 +334,3 @@ def method_finished(store: ResultsStore, run_id: str, method: str) -> bool:
     """True once the method's final evaluation is in the store."""
     frame = store.metrics(run_id, names=["finished"], method=method)
     return len(frame) > 0
-
-
-def config_summary(config: SimulationConfig) -> dict:
-    return to_dict(dataclasses.replace(config))
