@@ -207,13 +207,21 @@ def validate_model(model: nn.Module) -> None:
     raise PrivacyConfigError(f"model cannot be trained with DP-SGD ({reasons}): {'; '.join(hints)}")
 
 
-def _noise_multiplier(
-    config: PrivacyConfig, *, sample_rate: float, epochs: int | None, delta: float
+def dpsgd_noise_multiplier(
+    config: PrivacyConfig,
+    *,
+    sample_rate: float,
+    delta: float,
+    epochs: int | None = None,
+    steps: int | None = None,
 ) -> float:
+    """sigma as configured, or Opacus's calibration of target_epsilon over the planned
+    `epochs` (real nodes) or `steps` (the simulation's fixed-size batches)."""
     if config.noise_multiplier is not None:
         return float(config.noise_multiplier)
-    if epochs is None or epochs < 1:
-        raise PrivacyConfigError("target_epsilon with dpsgd needs the planned total epochs >= 1")
+    planned = f"{epochs} epochs" if steps is None else f"{steps} DP-SGD steps"
+    if (epochs is None or epochs < 1) and (steps is None or steps < 1):
+        raise PrivacyConfigError("target_epsilon with dpsgd needs the planned epochs or steps >= 1")
     try:
         return float(
             get_noise_multiplier(
@@ -221,13 +229,14 @@ def _noise_multiplier(
                 target_delta=delta,
                 sample_rate=sample_rate,
                 epochs=epochs,
+                steps=steps,
                 accountant=config.accountant,
             )
         )
     except ValueError as error:
         raise PrivacyConfigError(
-            f"target_epsilon={config.target_epsilon} over {epochs} epochs is out of reach "
-            f"({error}); raise the target or train fewer epochs"
+            f"target_epsilon={config.target_epsilon} over {planned} is out of reach "
+            f"({error}); raise the target or train less"
         ) from error
 
 
@@ -260,7 +269,7 @@ def make_private(
     validate_model(model)
     delta = config.resolve_delta(len(data_loader.dataset))
     sample_rate = 1 / len(data_loader)
-    sigma = _noise_multiplier(config, sample_rate=sample_rate, epochs=epochs, delta=delta)
+    sigma = dpsgd_noise_multiplier(config, sample_rate=sample_rate, epochs=epochs, delta=delta)
     try:
         engine = PrivacyEngine(accountant=config.accountant, secure_mode=secure_mode)
     except ImportError as error:

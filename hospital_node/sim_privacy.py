@@ -11,12 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
 from torch import Tensor
 
 from consensus.privacy import PrivacyConfig, PrivacyConfigError
 from consensus.private_exchange import ExchangePrivacy
-from hospital_node.dpsgd import RecordLevelPrivacy
+from hospital_node.dpsgd import RecordLevelPrivacy, dpsgd_noise_multiplier
 from hospital_node.store_schema import PrivacyStatus
 from hospital_node.train import FunctionalModel, private_gradients
 
@@ -99,29 +98,6 @@ def exchange_status(privacy: ExchangePrivacy) -> PrivacyStatus:
         noise_multiplier=accountant.noise_multiplier,
         clip=privacy.clip_norm,
     )
-
-
-def dpsgd_noise_multiplier(
-    config: PrivacyConfig, *, sample_rate: float, steps: int, delta: float
-) -> float:
-    """sigma as configured, or Opacus's calibration of target_epsilon over `steps` steps."""
-    if config.noise_multiplier is not None:
-        return float(config.noise_multiplier)
-    try:
-        return float(
-            get_noise_multiplier(
-                target_epsilon=float(config.target_epsilon),
-                target_delta=delta,
-                sample_rate=sample_rate,
-                steps=steps,
-                accountant=config.accountant,
-            )
-        )
-    except ValueError as error:
-        raise PrivacyConfigError(
-            f"target_epsilon={config.target_epsilon} over {steps} DP-SGD steps is out of "
-            f"reach ({error}); raise the target or train fewer steps"
-        ) from error
 
 
 class SimulatedDpsgd:
