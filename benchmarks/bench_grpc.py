@@ -45,6 +45,9 @@ class _EchoHandler:
     def on_received(self, peer: str, payload: bytes) -> None:
         pass
 
+    def on_withheld(self, peer: str) -> None:
+        pass
+
     def model_for(self, peer: str) -> bytes:
         return self.reply
 

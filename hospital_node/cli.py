@@ -15,7 +15,7 @@ from types import FrameType
 from typing import Any
 
 from consensus.transport.tls import TlsConfigError
-from hospital_node.configio import ConfigError, parse_overrides
+from hospital_node.configio import ConfigError, deep_merge, parse_overrides
 from hospital_node.network import NetworkError, load_network
 from hospital_node.node_config import NodeConfigError, load_node_config
 from hospital_node.node_state import NodeStateError
@@ -31,6 +31,7 @@ examples:
   hospital-node renew network.toml --out bundles/ --hospital N2
   hospital-node run --config bundles/N1/node.toml
   hospital-node run --config bundles/N1/node.toml --set exchange.mean_interval_s=5
+  hospital-node run --config bundles/N1/node.toml --dp dpsgd --noise-multiplier 1.1 --clip 1
   hospital-node status --config bundles/N1/node.toml --json
 
 Exit status: 0 ok; 1 the node failed while running; 2 bad configuration or input;
@@ -113,8 +114,38 @@ def _add_run_and_status(sub: argparse._SubParsersAction) -> None:
         help="stop (run status 'finished') once the node's step count reaches N",
     )
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    _add_privacy_flags(run)
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.add_argument("--timeout", type=float, default=3.0, help="health check timeout (s)")
+
+
+def _add_privacy_flags(run: argparse.ArgumentParser) -> None:
+    """--dp, --epsilon | --noise-multiplier, --clip: override node.toml's [privacy] table."""
+    group = run.add_argument_group("differential privacy (docs/privacy.md; overrides [privacy])")
+    group.add_argument("--dp", choices=("off", "exchange", "dpsgd"), help="privacy mode")
+    noise = group.add_mutually_exclusive_group()
+    noise.add_argument(
+        "--epsilon",
+        type=float,
+        metavar="E",
+        help="target epsilon (needs planned_releases or planned_epochs)",
+    )
+    noise.add_argument("--noise-multiplier", type=float, metavar="S", help="noise multiplier")
+    group.add_argument("--clip", type=float, metavar="C", help="clip norm")  # fmt: skip
+
+
+def privacy_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The [privacy] entries the flags set; --epsilon and --noise-multiplier clear each other."""
+    privacy: dict[str, Any] = {}
+    if args.dp is not None:
+        privacy["mode"] = args.dp
+    if args.epsilon is not None:
+        privacy |= {"target_epsilon": args.epsilon, "noise_multiplier": None}
+    if args.noise_multiplier is not None:
+        privacy |= {"noise_multiplier": args.noise_multiplier, "target_epsilon": None}
+    if args.clip is not None:
+        privacy["clip_norm"] = args.clip
+    return {"privacy": privacy} if privacy else {}
 
 
 def _provision(args: argparse.Namespace) -> int:
@@ -134,7 +165,8 @@ def _run(args: argparse.Namespace) -> int:
     from hospital_node.node import HospitalNode, NodeError
     from hospital_node.store import StoreError
 
-    config = load_node_config(args.config, parse_overrides(args.set))
+    overrides = deep_merge(parse_overrides(args.set), privacy_overrides(args))
+    config = load_node_config(args.config, overrides)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

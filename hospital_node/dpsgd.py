@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from opacus import PrivacyEngine
 from opacus.accountants import IAccountant, RDPAccountant
@@ -32,13 +34,40 @@ def max_images_per_patient(patient_ids: Iterable[str]) -> int:
     return max(counts.values(), default=1)
 
 
+@functools.lru_cache(maxsize=64)
+def _step_rdp(noise_multiplier: float, sample_rate: float) -> np.ndarray:
+    """RDP of one sampled Gaussian step at Opacus's default orders (read-only, cached).
+
+    Opacus's `compute_rdp(steps=k)` is exactly k times this vector, and evaluating it takes
+    about 0.3 s (fractional orders), so a node that shows its epsilon every few seconds
+    computes it once per (noise multiplier, sample rate) instead of at every call.
+    """
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    rdp = rdp_analysis.compute_rdp(
+        q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=orders
+    )
+    rdp.setflags(write=False)
+    return rdp
+
+
+def history_rdp(history: Iterable[tuple[float, float, int]]) -> np.ndarray:
+    """RDP at Opacus's default orders of a history of (noise multiplier, sample rate, steps);
+    the same numbers as RDPAccountant, which sums compute_rdp(steps=k) = k x one step."""
+    return sum(_step_rdp(float(nm), float(q)) * int(k) for nm, q, k in history)
+
+
+def rdp_epsilon(rdp: np.ndarray, delta: float) -> float:
+    """epsilon at `delta` from RDP values at Opacus's default orders (Opacus's conversion)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "optimal order is the largest alpha"
+        orders = RDPAccountant.DEFAULT_ALPHAS
+        return float(rdp_analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)[0])
+
+
 def _rdp_curve(history: list[tuple[float, float, int]]) -> Callable[[float], float]:
     """delta -> record-level epsilon by Opacus's RDP analysis (RDP computed once)."""
     orders = RDPAccountant.DEFAULT_ALPHAS
-    rdp = sum(
-        rdp_analysis.compute_rdp(q=q, noise_multiplier=nm, steps=k, orders=orders)
-        for nm, q, k in history
-    )
+    rdp = history_rdp(history)
 
     def epsilon(delta: float) -> float:
         with warnings.catch_warnings():
@@ -121,9 +150,12 @@ class RecordLevelPrivacy:
         return sum(int(steps) for _, _, steps in self.accountant.history)
 
     def epsilon(self) -> float:
-        """Record-level epsilon at `delta` spent so far."""
+        """Record-level epsilon at `delta` spent so far (RDP: Opacus's figure, from cached
+        per-step RDP; PRV: Opacus's accountant)."""
         if not self.accountant.history:
             return 0.0
+        if self.accountant.mechanism() == "rdp":
+            return rdp_epsilon(history_rdp(self.accountant.history), self.delta)
         return float(self.accountant.get_epsilon(delta=self.delta))
 
     def patient_epsilon(self) -> float:

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from consensus import ConsensusOptimizer, make_algorithm
+from consensus.privacy import PrivacyConfigError
 from consensus.transport.grpc_transport import (
     ExchangeServer,
     ExchangeWorker,
@@ -28,18 +29,12 @@ from hospital_node.model import build_model
 from hospital_node.node_config import NodeConfig
 from hospital_node.node_handler import NodeHandler, copy_parameters
 from hospital_node.node_network import fetch_neighbour_model, start_server, start_worker
+from hospital_node.node_privacy import NodePrivacy, PrivacyStateError
 from hospital_node.node_report import NodeReporter
 from hospital_node.node_state import next_boot_epoch, remove_stale_temp_files
 from hospital_node.train import BatchSampler, positive_weights
 
 log = logging.getLogger(__name__)
-
-PRIVACY_PLACEHOLDER: dict[str, Any] = {
-    "mode": "none",
-    "epsilon": None,
-    "delta": None,
-    "releases": 0,
-}
 
 
 class NodeError(RuntimeError):
@@ -56,6 +51,10 @@ class HospitalNode:
     Threads: the caller's thread trains; gRPC server threads and the ExchangeWorker's pool call
     the NodeHandler. `self.lock` guards the algorithm state (duals, outgoing messages) and the
     parameters while they change; received messages are applied between steps.
+
+    Privacy ([privacy] mode, docs/privacy.md): `self.privacy` (NodePrivacy) holds exchange
+    privacy (passed to the algorithm) or DP-SGD (wraps model and optimizer after restore/join),
+    its accountant restored from the checkpoint and the ledger so epsilon never resets.
     """
 
     def __init__(self, *, config: NodeConfig, stop_event: threading.Event | None = None) -> None:
@@ -79,6 +78,8 @@ class HospitalNode:
         self.server: ExchangeServer | None = None
         self.worker: ExchangeWorker | None = None
         self.reporter: NodeReporter | None = None
+        self.privacy: NodePrivacy | None = None
+        self._saved_privacy: dict[str, Any] | None = None
         self._tls: TlsMaterial | None = None
 
     # -- initialize -----------------------------------------------------------------------------
@@ -98,21 +99,26 @@ class HospitalNode:
                 f"{self.config.name!r}: use this hospital's bundle"
             )
         self._load_data()
-        self._build_training()
-        self.reporter = NodeReporter(node=self, config=self.config)
-        self.reporter.open_store(self.train, self.val_size, self.test)
-        restored = self._restore()
-        self.reporter.store_truncate(self.step)
-        self.server = start_server(self.config, self._tls, self.handler)
-        if restored is None and self.config.exchange.join == "fetch":
-            self.state = "joining"
-            self.reporter.write_status()
-            self._join()
+        try:
+            self._build_training()
+            self.reporter = NodeReporter(node=self, config=self.config)
+            self.reporter.open_store(self.train, self.val_size, self.test)
+            restored = self._restore()
+            self.reporter.store_truncate(self.step)
+            self.server = start_server(self.config, self._tls, self.handler)
+            if restored is None and self._joins():
+                self.state = "joining"
+                self.reporter.write_status()
+                self._join()
+            self._start_privacy()
+        except (PrivacyConfigError, PrivacyStateError) as exc:
+            raise NodeError(f"[privacy] mode {self.config.privacy.mode!r}: {exc}") from exc
         self.handler.attach(self.algorithm)
         self.server.set_serving(True)
         self.worker = start_worker(self.config, self._tls, self.handler)
         self.state = "training"
-        self.reporter.node_status("training")
+        self.reporter.log_privacy()
+        self.reporter.node_status(self.display_state)
         self.reporter.write_status()
         log.info(
             "%s: training from step %d (boot epoch %d)",
@@ -138,14 +144,26 @@ class HospitalNode:
             torch.manual_seed(training.seed)
             self.model = build_model(self.config.model_config())
         self.model.train()
+        self.privacy = NodePrivacy(
+            self.config.privacy,
+            node=self.config.name,
+            ledger_path=self.config.paths.privacy_ledger,
+            n_records=len(self.train),
+        )
+        # exchange: every edge's first reference is this common (public) initial model
+        self.privacy.build_exchange(
+            peers=self.config.peer_names, initial=dict(self.model.named_parameters())
+        )
         self._make_algorithm()
+        self.train_model, self.train_optimizer = self.model, self.optimizer
         seed = zlib.crc32(f"{training.seed}:{self.config.name}".encode())
         self.sampler = BatchSampler(
             num_items=len(self.train), batch_size=training.batch_size, seed=seed
         )
-        self.pos_weight = positive_weights(
+        # DP-SGD: no positive weights, they come from the site's labels outside the mechanism
+        self.pos_weight = None if self.privacy.mode == "dpsgd" else positive_weights(
             self.train.labels, max_weight=training.max_positive_weight
-        )
+        )  # fmt: skip
         self.handler = NodeHandler(
             name=self.config.name,
             peers=self.config.peer_names,
@@ -154,6 +172,9 @@ class HospitalNode:
             lock=self.lock,
             boot_epoch=self.boot_epoch,
             max_pending_per_peer=self.config.exchange.max_pending_per_peer,
+            before_send=self.privacy.persist,
+            serve_model=self.privacy.mode != "exchange",
+            reuse_releases=self.privacy.mode == "exchange",
         )
 
     def _make_algorithm(self) -> None:
@@ -167,6 +188,7 @@ class HospitalNode:
             node_order=sorted({config.name, *config.peer_names}),
             edge_weights=config.edge_weights(),
             num_samples=len(self.train),
+            privacy=self.privacy.exchange,
         )
         self.optimizer = ConsensusOptimizer(self.model.named_parameters(), algorithm=self.algorithm)
 
@@ -183,6 +205,8 @@ class HospitalNode:
                 f"{state.get('node')}/{state.get('method')}: point checkpoint_dir "
                 "at this node's own folder"
             )
+        self.privacy.check_saved(state.get("privacy"), f"checkpoint {step}")
+        self._saved_privacy = state.get("privacy")
         try:
             self.model.load_state_dict(state["model"])  # copies into the live parameters
             self.optimizer.load_state_dict(state["algorithm"])
@@ -203,6 +227,34 @@ class HospitalNode:
                         self.config.name, self.boot_epoch)  # fmt: skip
         log.info("%s: resumed from checkpoint at step %d", self.config.name, step)
         return step
+
+    def _joins(self) -> bool:
+        """Whether a node without a checkpoint asks its neighbours for their model."""
+        if self.config.exchange.join != "fetch":
+            return False
+        if self.privacy.mode == "exchange":
+            log.info("%s: exchange privacy: neighbours do not send raw models, so this node "
+                     "starts from the common initial model (join = 'fetch' skipped)",
+                     self.config.name)  # fmt: skip
+            return False
+        return True
+
+    def _start_privacy(self) -> None:
+        """DP-SGD wraps the final model and optimizer; then the spent epsilon is restored."""
+        self.train_model, self.train_optimizer = self.model, self.optimizer  # (re)made by _join
+        private = self.privacy.start_training(
+            self.model,
+            self.optimizer,
+            images=self.train.images,
+            labels=self.train.labels,
+            patient_ids=self.train.patient_ids,
+            batch_size=self.config.training.batch_size,
+        )
+        if private is not None:
+            self.train_model, self.train_optimizer = private.model, private.optimizer
+        self.privacy.restore(self._saved_privacy)
+        with self.lock:
+            self.privacy.persist()
 
     def _join(self) -> None:
         """Start from a neighbour's current model when one answers in time (join = fetch)."""
@@ -227,8 +279,16 @@ class HospitalNode:
         next_status = 0.0
         while not self.stop_event.is_set() and (max_steps is None or self.step < max_steps):
             started = time.monotonic()
-            self.losses.append(self.train_step())
-            self._periodic()
+            if self.privacy.training_done():  # DP-SGD target epsilon reached: no more steps
+                if max_steps is not None:
+                    break
+                self.handler.apply_pending()
+                self.stop_event.wait(min_step_s or 0.5)
+            else:
+                loss = self.train_step()
+                if loss is not None:
+                    self.losses.append(loss)
+                self._periodic()
             if time.monotonic() >= next_status:
                 self.reporter.write_status()
                 next_status = time.monotonic() + training.status_every_s
@@ -236,19 +296,26 @@ class HospitalNode:
                 self.stop_event.wait(max(0.0, min_step_s - (time.monotonic() - started)))
         return self.step
 
-    def train_step(self) -> float:
-        """Apply received messages, then one local step on one batch (BCE with logits)."""
+    def train_step(self) -> float | None:
+        """Apply received messages, then one local step on one batch (BCE with logits).
+
+        DP-SGD: a Poisson-sampled batch through Opacus's model and optimizer (per-image
+        clipping and noise, one accountant step); its loss is None when the batch is empty.
+        """
         self.handler.apply_pending()
-        indices = self.sampler.next_indices()
-        images, labels = self.train.images[indices], self.train.labels[indices]
-        self.optimizer.zero_grad(set_to_none=True)
-        logits = self.model(images)
+        if self.privacy.training is not None:
+            images, labels = self.privacy.next_batch()
+        else:
+            indices = self.sampler.next_indices()
+            images, labels = self.train.images[indices], self.train.labels[indices]
+        self.train_optimizer.zero_grad(set_to_none=True)
+        logits = self.train_model(images)
         loss = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=self.pos_weight)
         loss.backward()
         with self.lock:
-            self.optimizer.step()
+            self.train_optimizer.step()
             self.step = self.algorithm.step
-        return float(loss.detach())
+        return float(loss.detach()) if len(labels) else None
 
     def _periodic(self) -> None:
         training, step = self.config.training, self.step
@@ -296,9 +363,10 @@ class HospitalNode:
                 "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
                 "algorithm": self.optimizer.state_dict(),  # duals, outgoing, step counter
                 "sampler": self.sampler.state_dict(),
-                "privacy": dict(PRIVACY_PLACEHOLDER),
+                "privacy": self.privacy.state_dict(),  # accountant only, never the generator
                 "saved_at": time.time(),
             }
+            self.privacy.persist()
             step = self.step
         state["handler"] = self.handler.state_dict()
         path = save_checkpoint(
@@ -331,6 +399,14 @@ class HospitalNode:
         if self.reporter is not None:
             self.reporter.close(run_status=status, trained=trained)
         log.info("%s: stopped at step %d (%s)", self.config.name, self.step, status)
+
+    @property
+    def display_state(self) -> str:
+        """The state shown in status and the store: while training, 'stopped_sending' once the
+        exchange budget is spent and 'budget_spent' once DP-SGD's target is reached."""
+        if self.state == "training" and self.privacy is not None:
+            return self.privacy.state_name()
+        return self.state
 
     def peer_clients_status(self) -> dict[str, Any]:
         """The worker's per-peer PeerStatus objects (empty when this node initiates nothing)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,7 +14,8 @@ from consensus.config import ConsensusConfig, ConsensusConfigError
 from hospital_node.configio import ConfigError, deep_merge, from_mapping
 from hospital_node.network import HOSTNAME_RE
 
-if TYPE_CHECKING:  # torch + MONAI stay unimported for `hospital-node status`
+if TYPE_CHECKING:  # Opacus, MONAI and pydicom stay unimported for `hospital-node status`
+    from consensus.privacy import PrivacyConfig
     from hospital_node.data import DataConfig
     from hospital_node.model import ModelConfig
 
@@ -32,10 +34,12 @@ _TABLES = {
     "data",
     "training",
     "exchange",
+    "privacy",
 }
 _NODE_KEYS = {"name", "network", "site_dir", "results_store", "checkpoint_dir", "state_dir"}
 _TRANSPORT_KEYS = {"listen_host", "listen_port", "advertised_host"}
-_IGNORED_ALGORITHM_TABLES = ("privacy",)  # read by the privacy layer once the node wires it in
+PRIVACY_MODES = ("off", "exchange", "dpsgd")  # as consensus.privacy.MODES (no Opacus import here)
+PRIVACY_ACCOUNTANTS = ("rdp", "prv")
 
 
 class NodeConfigError(ValueError):
@@ -74,6 +78,11 @@ class NodePaths:
     @property
     def boot_epoch_file(self) -> Path:
         return self.state_dir / "boot_epoch.json"
+
+    @property
+    def privacy_ledger(self) -> Path:
+        """The spent epsilon, rewritten (fsynced) before any private message leaves."""
+        return self.state_dir / "privacy.json"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,6 +190,90 @@ class DataSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PrivacySettings:
+    """[privacy]: differential privacy of this node (docs/privacy.md); default off.
+
+    The fields are those of consensus.privacy.PrivacyConfig (the simulation's [privacy] table)
+    plus `planned_epochs`. Checked here without importing Opacus, so `hospital-node status`
+    stays quick; `privacy_config()` builds the PrivacyConfig the mechanisms take.
+    exchange + target_epsilon needs `planned_releases` (swaps x neighbours the noise must
+    cover; it is also the budget unless `epsilon_budget` says otherwise); dpsgd +
+    target_epsilon needs `planned_epochs` (passes over the site's training images).
+    """
+
+    mode: str = "off"
+    target_epsilon: float | None = None
+    noise_multiplier: float | None = None
+    clip_norm: float | None = None
+    delta: float | None = None  # default min(1e-5, 1 / training images)
+    accountant: str = "rdp"
+    planned_releases: int | None = None
+    epsilon_budget: float | None = None
+    planned_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in PRIVACY_MODES:
+            raise ValueError(f"[privacy] mode={self.mode!r}: choose one of {PRIVACY_MODES}")
+        if self.accountant not in PRIVACY_ACCOUNTANTS:
+            raise ValueError(
+                f"[privacy] accountant={self.accountant!r}: choose one of {PRIVACY_ACCOUNTANTS}"
+            )
+        if self.mode == "off":
+            return
+        if (self.target_epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError(
+                f"[privacy] mode={self.mode!r} needs exactly one of target_epsilon (--epsilon) "
+                "or noise_multiplier (--noise-multiplier)"
+            )
+        for name in ("target_epsilon", "noise_multiplier", "clip_norm", "epsilon_budget"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < math.inf:
+                raise ValueError(f"[privacy] {name} must be a positive number, got {value}")
+        if self.clip_norm is None:
+            raise ValueError(
+                "[privacy] clip_norm (--clip) is missing: exchange mode, the largest model "
+                "change one release may carry; dpsgd, the per-image gradient norm (1.0 is common)"
+            )
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise ValueError(f"[privacy] delta must lie in (0, 1), got {self.delta}")
+        self._check_plan()
+
+    def _check_plan(self) -> None:
+        exchange = self.mode == "exchange"
+        if not exchange and (self.planned_releases, self.epsilon_budget) != (None, None):
+            raise ValueError(
+                "[privacy] planned_releases and epsilon_budget are for mode 'exchange'; "
+                "dpsgd takes planned_epochs"
+            )
+        if exchange and self.planned_epochs is not None:
+            raise ValueError("[privacy] planned_epochs is for mode 'dpsgd'")
+        plan, unit = ("planned_releases", "releases") if exchange else ("planned_epochs", "epochs")
+        planned = getattr(self, plan)
+        if planned is not None and planned < 1:
+            raise ValueError(f"[privacy] {plan} must be >= 1, got {planned}")
+        if self.target_epsilon is not None and planned is None:
+            raise ValueError(
+                f"[privacy] target_epsilon with mode {self.mode!r} needs {plan}: the number of "
+                f"{unit} the noise is calibrated for (or give noise_multiplier instead)"
+            )
+
+    def privacy_config(self) -> PrivacyConfig:
+        """The mechanisms' PrivacyConfig (imports Opacus: only where privacy is used)."""
+        from consensus.privacy import PrivacyConfig
+
+        return PrivacyConfig(
+            mode=self.mode,
+            noise_multiplier=self.noise_multiplier,
+            target_epsilon=self.target_epsilon,
+            planned_releases=self.planned_releases,
+            clip_norm=self.clip_norm,
+            delta=self.delta,
+            accountant=self.accountant,
+            epsilon_budget=self.epsilon_budget,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class NodeConfig:
     """Everything one hospital node needs; built once by `load_node_config`, passed down."""
 
@@ -195,6 +288,7 @@ class NodeConfig:
     data: DataSettings
     training: TrainingSettings
     exchange: ExchangeSettings
+    privacy: PrivacySettings = PrivacySettings()
 
     def model_config(self) -> ModelConfig:
         from hospital_node.model import ModelConfig  # imports MONAI: only where a model is built
@@ -276,6 +370,7 @@ def parse_node_config(raw: Mapping[str, Any], *, base_dir: Path) -> NodeConfig:
         data=from_mapping(DataSettings, data, where="[data]"),
         training=from_mapping(TrainingSettings, _table(raw, "training"), where="[training]"),
         exchange=from_mapping(ExchangeSettings, _table(raw, "exchange"), where="[exchange]"),
+        privacy=from_mapping(PrivacySettings, _table(raw, "privacy"), where="[privacy]"),
     )
 
 
@@ -370,8 +465,8 @@ def _parse_edges(
 
 def _algorithm(raw: Mapping[str, Any]) -> dict[str, Any]:
     table = _table(raw, "algorithm")
-    for key in _IGNORED_ALGORITHM_TABLES:
-        if key in table:
-            log.warning("[algorithm.%s] is not used by this node version; ignoring it", key)
-            table.pop(key)
+    if "privacy" in table:  # never ignore a privacy setting silently
+        raise NodeConfigError(
+            "[algorithm.privacy] is not read: move its entries to a top-level [privacy] table"
+        )
     return table

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 
 from consensus.algorithms import Algorithm
+from consensus.privacy_errors import PrivacyBudgetExhausted
 from consensus.schema import MessageSchema
-from consensus.transport.grpc_common import NodeNotReady
+from consensus.transport.grpc_common import ModelWithheld, NodeNotReady
 from consensus.wire import (
     Message,
     MessageGate,
@@ -36,6 +37,15 @@ def model_schema(params: Mapping[str, Tensor]) -> MessageSchema:
 
 
 @dataclass(kw_only=True)
+class _Release:
+    """The last private release to one peer (exchange privacy), for re-sending it for free."""
+
+    step: int  # the algorithm's step when it was made
+    tensors: dict[str, Tensor]
+    confirmed: bool = False  # a swap with the peer went through since
+
+
+@dataclass(kw_only=True)
 class PeerCounters:
     """Cumulative traffic with one neighbour (kept in checkpoints, so totals survive restarts)."""
 
@@ -46,6 +56,9 @@ class PeerCounters:
     applied: int = 0  # handed to the algorithm
     dropped: int = 0  # accepted but superseded before the next step (queue full)
     models_served: int = 0
+    models_refused: int = 0  # FetchModel refused: exchange privacy keeps the raw model home
+    messages_withheld: int = 0  # swaps where we sent nothing: our privacy budget is spent
+    withheld_received: int = 0  # swaps where the peer sent nothing: its budget is spent
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
     last_received_at: float | None = None  # Unix time of the last accepted message
 
@@ -66,6 +79,16 @@ class NodeHandler:
 
     Until `attach()` gives it an algorithm (after restore or join) every swap gets NodeNotReady,
     which the peer sees as UNAVAILABLE and retries; `model_for` works from the start.
+
+    Privacy: `before_send` (the node's privacy ledger) runs under the state lock after a
+    message is computed and before its bytes leave, so the spent epsilon is on disk first.
+    Once the exchange budget is spent, `outgoing_for` returns None (withheld; logged once)
+    and the swap still delivers the peer's message. `serve_model=False` (exchange privacy)
+    makes `model_for` refuse: the raw model would bypass the noise. `reuse_releases`
+    (exchange privacy): every release costs epsilon, so the last message to a peer is sent
+    again, with a new sequence number, until a swap with that peer confirms it (a neighbour
+    that is down must not drain the budget through retries) and while no local step has
+    changed the state (a neighbour that calls very often gets one release per step at most).
     """
 
     def __init__(
@@ -78,8 +101,16 @@ class NodeHandler:
         lock: threading.Lock,
         boot_epoch: int,
         max_pending_per_peer: int = 4,
+        before_send: Callable[[], None] | None = None,
+        serve_model: bool = True,
+        reuse_releases: bool = False,
     ) -> None:
         self.name = name
+        self._before_send = before_send
+        self._serve_model = serve_model
+        self._reuse_releases = reuse_releases
+        self._releases: dict[str, _Release] = {}
+        self._withholding_logged = False
         self.peers = tuple(sorted(peers))
         self._params = dict(params)
         self._lock = lock
@@ -117,15 +148,14 @@ class NodeHandler:
 
     # -- SwapHandler ------------------------------------------------------------------------------
 
-    def outgoing_for(self, peer: str) -> bytes:
-        """Our message for the edge to `peer`, with a fresh sequence number (every attempt)."""
+    def outgoing_for(self, peer: str) -> bytes | None:
+        """Our message for the edge to `peer`, with a fresh sequence number (every attempt);
+        None (withheld) once this node's exchange-privacy budget is spent."""
         with self._lock:
             algorithm = self._require_algorithm()
-            # outgoing() may return views of the algorithm's buffers, which the training
-            # thread rewrites at its next step: copy them under the lock, encode outside it
-            tensors = {
-                k: t.detach().to("cpu", copy=True) for k, t in algorithm.outgoing(peer).items()
-            }
+            tensors = self._reusable(peer, algorithm) or self._new_message(algorithm, peer)
+            if tensors is None:
+                return None
             sequence = self._counter.next()
         data = self._encode(peer, algorithm.method, self._gate.schema.digest, sequence, tensors)
         with self._lock:
@@ -137,6 +167,7 @@ class NodeHandler:
     def on_received(self, peer: str, payload: bytes) -> None:
         """Validate `payload` from the authenticated `peer`; queue it for the next step."""
         self._require_algorithm()
+        self._confirmed(peer)
         message = self._accept(self._gate, peer, payload)
         with self._lock:
             queue = self._pending[peer]
@@ -149,10 +180,32 @@ class NodeHandler:
             counters.last_received_at = time.time()
             self._boot_received[peer] += 1
 
+    def on_withheld(self, peer: str) -> None:
+        """`peer` sent nothing on our edge (its privacy budget is spent): keep the edge's state."""
+        self._confirmed(peer)
+        with self._lock:
+            self._counters[peer].withheld_received += 1
+
     def model_for(self, peer: str) -> bytes:
-        """The current parameters for a neighbour that joins late (method 'model')."""
+        """The current parameters for a neighbour that joins late (method 'model').
+
+        Refused (ModelWithheld) under exchange privacy: the raw model would bypass the noise
+        on every release; the late joiner starts from the common (public) initial model.
+        """
+        if not self._serve_model:
+            with self._lock:
+                self._counters[peer].models_refused += 1
+            log.info("%s: refused to send its model to %s: exchange privacy is on, and the raw "
+                     "model would bypass its noise; %s starts from the common initial model",
+                     self.name, peer, peer)  # fmt: skip
+            raise ModelWithheld(
+                f"{self.name} runs exchange privacy and does not send its raw model; "
+                "start from the common initial model (join = 'scratch')"
+            )
         with self._lock:
             tensors = {f"w/{n}": p.detach().clone() for n, p in self._params.items()}
+            if self._before_send is not None:
+                self._before_send()  # DP-SGD: the steps behind this model are on disk
             sequence = self._counter.next()
             self._counters[peer].models_served += 1
         return self._encode(peer, MODEL_METHOD, self._model_schema.digest, sequence, tensors)
@@ -220,6 +273,43 @@ class NodeHandler:
             return {p: PeerCounters(**asdict(c)) for p, c in self._counters.items()}
 
     # -- internals --------------------------------------------------------------------------------
+
+    def _new_message(self, algorithm: Algorithm, peer: str) -> dict[str, Tensor] | None:
+        """A fresh outgoing message (caller holds the lock), or None once the budget is spent."""
+        try:
+            outgoing = algorithm.outgoing(peer)
+        except PrivacyBudgetExhausted as exc:
+            self._withhold(peer, exc)
+            return None
+        # outgoing() may return views of the algorithm's buffers, which the training
+        # thread rewrites at its next step: copy them under the lock, encode outside it
+        tensors = {k: t.detach().to("cpu", copy=True) for k, t in outgoing.items()}
+        if self._before_send is not None:
+            self._before_send()  # the spent epsilon is durable before the bytes leave
+        if self._reuse_releases:
+            self._releases[peer] = _Release(step=algorithm.step, tensors=tensors)
+        return tensors
+
+    def _reusable(self, peer: str, algorithm: Algorithm) -> dict[str, Tensor] | None:
+        """The last release to `peer` while a swap has not confirmed it, or while no local
+        step has happened since (the same state would be released again); caller holds the lock."""
+        release = self._releases.get(peer)
+        if release is None or (release.confirmed and release.step != algorithm.step):
+            return None
+        return release.tensors
+
+    def _confirmed(self, peer: str) -> None:
+        """A swap with `peer` went through: it has our last release."""
+        with self._lock:
+            if peer in self._releases:
+                self._releases[peer].confirmed = True
+
+    def _withhold(self, peer: str, exc: PrivacyBudgetExhausted) -> None:
+        """Count a withheld message (caller holds the lock); log the first one of this run."""
+        self._counters[peer].messages_withheld += 1
+        if not self._withholding_logged:
+            self._withholding_logged = True
+            log.warning("%s: stops sending to every neighbour: %s", self.name, exc)
 
     def _require_algorithm(self) -> Algorithm:
         algorithm = self._algorithm

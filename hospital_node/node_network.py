@@ -13,6 +13,7 @@ from consensus.transport.grpc_transport import (
     ExchangeServer,
     ExchangeWorker,
     PeerClient,
+    RejectedByPeer,
     RetryPolicy,
     TlsMaterial,
     TransportConfig,
@@ -96,16 +97,22 @@ def fetch_neighbour_model(
     config: NodeConfig, tls: TlsMaterial, handler: NodeHandler, stop: threading.Event
 ) -> tuple[str, dict[str, Tensor]] | None:
     """(peer, parameters) of the first neighbour whose model arrives and validates, asking
-    each in turn until `join_timeout_s` passes or `stop` is set; None if none did."""
+    each in turn until `join_timeout_s` passes or `stop` is set; None if none did. A neighbour
+    that refuses for good (RejectedByPeer, e.g. `model_withheld` under exchange privacy) is
+    not asked again."""
     timeout = config.exchange.join_timeout_s
     once = RetryPolicy(max_attempts=1, give_up_after_s=max(timeout, 1.0))
     clients = [peer_client(config, tls, p, once) for p in config.peers]
     deadline = time.monotonic() + timeout
     try:
-        while time.monotonic() < deadline and not stop.is_set():
-            for client in clients:
+        asking = list(clients)
+        while asking and time.monotonic() < deadline and not stop.is_set():
+            for client in list(asking):
                 try:
                     return client.peer, handler.accept_model(client.peer, client.fetch_model())
+                except RejectedByPeer as exc:
+                    log.info("%s: %s does not send its model (%s)", config.name, client.peer, exc)
+                    asking.remove(client)
                 except (TransportError, MessageRejected) as exc:
                     log.info("%s: no model from %s yet (%s)", config.name, client.peer, exc)
             stop.wait(1.0)

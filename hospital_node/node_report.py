@@ -16,7 +16,7 @@ from hospital_node.evaluate import Evaluation
 from hospital_node.node_config import NodeConfig
 from hospital_node.node_handler import PeerCounters
 from hospital_node.node_state import write_json
-from hospital_node.store import PrivacyStatus, ResultsStore, SiteInfo, StoreError
+from hospital_node.store import ResultsStore, SiteInfo, StoreError
 
 if TYPE_CHECKING:
     from hospital_node.node import HospitalNode
@@ -54,7 +54,11 @@ class NodeReporter:
             store.run_info(self.run_id)
         except StoreError:
             store.start_run(
-                self.run_id, kind="node", config=to_dict(self._config), topology=self._topology()
+                self.run_id,
+                kind="node",
+                config=to_dict(self._config),
+                topology=self._topology(),
+                privacy=to_dict(self._config.privacy),
             )
         else:
             store.resume_run(self.run_id)
@@ -67,10 +71,6 @@ class NodeReporter:
             train_positives={f: int(c) for f, c in zip(FINDINGS, positives, strict=True)},
         )
         self._write(store.add_sites, self.run_id, [site])
-        privacy = PrivacyStatus(
-            mode="none", epsilon=None, delta=None, releases=0, exhausted=False, accountant="none"
-        )
-        self._write(store.set_privacy, self.run_id, self.method, self._config.name, privacy)
 
     def _topology(self) -> dict[str, Any]:
         config = self._config
@@ -82,6 +82,14 @@ class NodeReporter:
         """Drop rows logged after the restored checkpoint, so they are not counted twice."""
         self._write(self._require_store().truncate_after, self.run_id, self.method, step)
         self._last_progress = (time.monotonic(), step)
+
+    def log_privacy(self) -> None:
+        """The privacy row (mode, epsilon so far, exhausted flag), as the simulation writes it."""
+        privacy = self._node.privacy
+        if privacy is not None:
+            row = privacy.status_row()
+            self._write(self._require_store().set_privacy, self.run_id, self.method,
+                        self._config.name, row)  # fmt: skip
 
     def node_status(self, state: str, detail: str = "") -> None:
         node = self._node
@@ -107,7 +115,8 @@ class NodeReporter:
             self._write(store.set_exchange, self.run_id, self.method, peer, name, node.step,
                         messages=c.messages_received + c.rejected_total,
                         n_bytes=c.bytes_received, rejected=c.rejected_total)  # fmt: skip
-        self.node_status(node.state, self._detail())
+        self.log_privacy()
+        self.node_status(node.display_state, self._detail())
 
     def _metrics(self, counters: dict[str, PeerCounters]) -> dict[str, float | None]:
         node, now = self._node, time.monotonic()
@@ -119,6 +128,8 @@ class NodeReporter:
         reasons: Counter[str] = Counter()
         for c in counters.values():
             reasons.update(c.rejected)
+        privacy = node.privacy.status_row() if node.privacy is not None else None
+        spent = {} if privacy is None or privacy.epsilon is None else {"epsilon": privacy.epsilon}
         return {
             "train_loss": sum(node.losses) / len(node.losses) if node.losses else None,
             "images_per_second": self.images_per_second,
@@ -127,9 +138,11 @@ class NodeReporter:
             ),
             "bytes": float(sum(c.bytes_sent + c.bytes_received for c in counters.values())),
             "swaps_applied": float(sum(c.applied for c in counters.values())),
+            "messages_withheld": float(sum(c.messages_withheld for c in counters.values())),
             "rejected": float(sum(reasons.values())),
             "wall_time_s": time.time() - self._started_at,
             **{f"rejected_{reason}": float(n) for reason, n in reasons.items()},
+            **spent,
         }
 
     def log_evaluation(self, evaluation: Evaluation | None) -> None:
@@ -168,6 +181,11 @@ class NodeReporter:
     def _detail(self) -> str:
         peers = self.status_snapshot()["peers"]
         parts = [f"{p}: {v.get('applied', 0)} applied" for p, v in sorted(peers.items())]
+        state = self._node.display_state
+        if state == "stopped_sending":
+            parts.insert(0, "privacy budget spent: sends nothing, still trains and receives")
+        elif state == "budget_spent":
+            parts.insert(0, "DP-SGD budget spent: no more training, still answers swaps")
         return "; ".join(parts)
 
     def _require_store(self) -> ResultsStore:
@@ -203,7 +221,7 @@ class NodeReporter:
             "node": config.name,
             "network": config.network,
             "pid": node.pid,
-            "state": node.state,
+            "state": node.display_state,
             "method": self.method,
             "listen": f"{config.listen.host}:{config.listen.port}",
             "step": node.step,
@@ -222,6 +240,7 @@ class NodeReporter:
             "server": node.server.stats() if node.server is not None else {},
             "exchanges": node.worker.outcomes() if node.worker is not None else {},
             "peers": peers,
+            "privacy": node.privacy.summary() if node.privacy is not None else {"mode": "off"},
         }
 
     def write_status(self) -> None:

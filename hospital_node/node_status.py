@@ -65,6 +65,11 @@ def read_store(path: Path, run_id: str) -> dict[str, Any] | None:
             "WHERE run_id = ? GROUP BY src, dst ORDER BY src, dst",
             (run_id,),
         ).fetchall()
+        privacy = con.execute(
+            "SELECT mode, epsilon, delta, budget, releases, exhausted, accountant FROM privacy "
+            "WHERE run_id = ? AND site = ?",
+            (run_id, run_id),
+        ).fetchone()
     except sqlite3.Error as exc:
         return {"path": str(path), "error": str(exc)}
     finally:
@@ -83,7 +88,11 @@ def read_store(path: Path, run_id: str) -> dict[str, Any] | None:
             dict(zip(("src", "dst", "step", "messages", "bytes", "rejected"), e, strict=True))
             for e in exchanges
         ],
+        "privacy": dict(zip(_PRIVACY_COLUMNS, privacy, strict=True)) if privacy else None,
     }
+
+
+_PRIVACY_COLUMNS = ("mode", "epsilon", "delta", "budget", "releases", "exhausted", "accountant")
 
 
 def _peer_summary(name: str, entry: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +109,9 @@ def _peer_summary(name: str, entry: dict[str, Any]) -> dict[str, Any]:
         "rejected",
         "received_this_boot",
         "models_served",
+        "models_refused",
+        "messages_withheld",
+        "withheld_received",
     )
     summary = {k: entry.get(k) for k in keys}
     summary.update(
@@ -154,8 +166,30 @@ def collect_status(config: NodeConfig, *, timeout: float = 3.0) -> dict[str, Any
         "refused_calls": {
             k.removeprefix("refused."): v for k, v in server.items() if k.startswith("refused.")
         },
+        "privacy": live.get("privacy") or (store or {}).get("privacy") or {"mode": "off"},
         "store": store,
     }
+
+
+def _privacy_line(privacy: dict[str, Any]) -> str:
+    """One line on the spent epsilon: what it protects, how much of the budget is used."""
+    mode = privacy.get("mode", "off")
+    if mode in ("off", "none"):
+        return f"  privacy: {mode} (no epsilon)"
+    if privacy.get("epsilon") is None:
+        return f"  privacy: {mode}"
+    budget = privacy.get("epsilon_budget", privacy.get("target_epsilon", privacy.get("budget")))
+    limit = "no limit" if budget is None else f"budget {budget:g}"
+    unit = "whole site" if mode == "exchange" else "one image"
+    line = (
+        f"  privacy: {mode} ({unit}), epsilon {privacy['epsilon']:.3f} ({limit}) at delta "
+        f"{privacy.get('delta', 0):g}"
+    )
+    if privacy.get("stopped_sending") or (mode == "exchange" and privacy.get("exhausted")):
+        line += "; BUDGET SPENT: sends nothing to its neighbours, still trains and receives"
+    elif privacy.get("budget_spent"):
+        line += "; BUDGET SPENT: no more training steps, still answers swaps"
+    return line
 
 
 def _now() -> float:
@@ -190,6 +224,7 @@ def format_status(report: dict[str, Any], *, now: float) -> str:
             f"{p['applied']} applied, {p['failures']} failed calls"
             + (f", last error: {p['last_error']}" if p.get("last_error") else "")
         )
+    lines.append(_privacy_line(report.get("privacy") or {}))
     refused = {**report["gate"].get("rejected", {}), **report["refused_calls"]}
     if refused:
         lines.append("  refused: " + ", ".join(f"{k} {v}" for k, v in sorted(refused.items())))

@@ -156,12 +156,29 @@ def node_config(network: NetworkDescription, name: str) -> dict[str, Any]:
     }
 
 
+PRIVACY_DEFAULT = """
+# Differential privacy (docs/privacy.md); "hospital-node run --dp/--epsilon/--noise-multiplier/
+# --clip" override it. The spent epsilon is kept in state/privacy.json and never resets.
+[privacy]
+mode = "off"                 # "off" | "exchange" (noisy model releases, protects the site)
+                             # | "dpsgd" (noisy training steps, protects one image)
+# noise_multiplier = 1.0     # give this, or target_epsilon with its plan:
+# target_epsilon = 8.0
+# planned_releases = 1000    # exchange + target_epsilon: releases the noise must cover
+# planned_epochs = 10        # dpsgd + target_epsilon: passes over the training images
+# clip_norm = 1.0            # required when mode is not "off"
+# delta = 1e-5               # default min(1e-5, 1 / training images)
+# accountant = "rdp"         # or "prv"
+# epsilon_budget = 8.0       # exchange: stop sending at this epsilon (default target_epsilon)
+"""
+
+
 def _write_node_toml(network: NetworkDescription, name: str, bundle: Path) -> Path:
     header = (
         f"# node.toml for hospital {name!r} of network {network.name!r}, written by provisioning.\n"
         "# Relative paths are relative to this file's folder.\n"
     )
-    text = header + dumps_toml(node_config(network, name))
+    text = header + dumps_toml(node_config(network, name)) + PRIVACY_DEFAULT
     return write_file(bundle / "node.toml", text.encode("utf-8"), mode=0o644)
 
 

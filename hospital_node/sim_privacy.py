@@ -100,6 +100,26 @@ def exchange_status(privacy: ExchangePrivacy) -> PrivacyStatus:
     )
 
 
+def record_level_status(
+    privacy: RecordLevelPrivacy, *, budget: float | None = None, exhausted: bool = False
+) -> PrivacyStatus:
+    """The store's row for one node's DP-SGD: record-level epsilon and steps so far."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Opacus: "optimal order is largest"
+        epsilon = privacy.epsilon()
+    return PrivacyStatus(
+        mode="dpsgd",
+        epsilon=epsilon,
+        delta=privacy.delta,
+        releases=privacy.steps,
+        exhausted=exhausted,
+        accountant=privacy.accountant.mechanism(),
+        budget=budget,
+        noise_multiplier=privacy.noise_multiplier,
+        clip=privacy.clip_norm,
+    )
+
+
 class SimulatedDpsgd:
     """Record-level DP-SGD of the simulation's stacked models, with one accountant per node.
 
@@ -170,20 +190,7 @@ class SimulatedDpsgd:
 
     def status(self, index: int) -> PrivacyStatus:
         """The store's row for one node: record-level epsilon so far."""
-        node = self.nodes[index]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            epsilon = node.epsilon()
-        return PrivacyStatus(
-            mode="dpsgd",
-            epsilon=epsilon,
-            delta=node.delta,
-            releases=node.steps,
-            exhausted=False,
-            accountant=node.accountant.mechanism(),
-            noise_multiplier=node.noise_multiplier,
-            clip=self.clip_norm,
-        )
+        return record_level_status(self.nodes[index])
 
     def state_dict(self) -> dict[str, Any]:
         """Accountant histories (JSON) and generator states (tensors), for resumable runs."""

@@ -16,7 +16,7 @@ PURPOSE_SWAP: Purpose
 PURPOSE_MODEL: Purpose
 
 class Header(_message.Message):
-    __slots__ = ("protocol_version", "sender", "edge", "method", "purpose", "total_bytes", "sha256")
+    __slots__ = ("protocol_version", "sender", "edge", "method", "purpose", "total_bytes", "sha256", "withheld")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
     EDGE_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class Header(_message.Message):
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    WITHHELD_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     sender: str
     edge: str
@@ -31,7 +32,8 @@ class Header(_message.Message):
     purpose: Purpose
     total_bytes: int
     sha256: bytes
-    def __init__(self, protocol_version: _Optional[int] = ..., sender: _Optional[str] = ..., edge: _Optional[str] = ..., method: _Optional[str] = ..., purpose: _Optional[_Union[Purpose, str]] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
+    withheld: bool
+    def __init__(self, protocol_version: _Optional[int] = ..., sender: _Optional[str] = ..., edge: _Optional[str] = ..., method: _Optional[str] = ..., purpose: _Optional[_Union[Purpose, str]] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[bytes] = ..., withheld: _Optional[bool] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("header", "data")

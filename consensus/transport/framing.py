@@ -31,6 +31,7 @@ class Announcement:
     purpose: int
     total_bytes: int
     sha256: bytes
+    withheld: bool = False  # the sender sends nothing: its privacy budget is spent
 
 
 def edge_name(a: str, b: str) -> str:
@@ -39,9 +40,15 @@ def edge_name(a: str, b: str) -> str:
 
 
 def frames(
-    payload: bytes, *, sender: str, edge: str, method: str, purpose: int, chunk_size: int
+    payload: bytes | None, *, sender: str, edge: str, method: str, purpose: int, chunk_size: int
 ) -> Iterator[pb.Chunk]:
-    """Yield the header frame, then `payload` in data frames of at most `chunk_size` bytes."""
+    """Yield the header frame, then `payload` in data frames of at most `chunk_size` bytes.
+
+    `payload=None` announces a withheld message (privacy budget spent): a header with
+    `withheld` set, 0 bytes and the digest of nothing, and no data frame.
+    """
+    withheld = payload is None
+    payload = b"" if payload is None else payload
     header = pb.Header(
         protocol_version=PROTOCOL_VERSION,
         sender=sender,
@@ -50,6 +57,7 @@ def frames(
         purpose=purpose,
         total_bytes=len(payload),
         sha256=hashlib.sha256(payload).digest(),
+        withheld=withheld,
     )
     yield pb.Chunk(header=header)
     view = memoryview(payload)
@@ -77,6 +85,12 @@ def read_announcement(stream: Iterator[pb.Chunk], *, max_bytes: int) -> Announce
         )
     if len(header.sha256) != hashlib.sha256().digest_size:
         raise FramingError("bad_digest", f"sha256 must be 32 bytes, got {len(header.sha256)}")
+    if header.withheld and (header.total_bytes != 0 or header.purpose != pb.PURPOSE_SWAP):
+        raise FramingError(
+            "bad_withheld",
+            "a withheld message must be a swap announcing 0 bytes, got "
+            f"purpose {header.purpose} with {header.total_bytes} bytes",
+        )
     return Announcement(
         sender=header.sender,
         edge=header.edge,
@@ -84,6 +98,7 @@ def read_announcement(stream: Iterator[pb.Chunk], *, max_bytes: int) -> Announce
         purpose=header.purpose,
         total_bytes=header.total_bytes,
         sha256=bytes(header.sha256),
+        withheld=header.withheld,
     )
 
 

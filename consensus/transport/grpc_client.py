@@ -50,6 +50,7 @@ class PeerStatus:
     total_successes: int = 0
     total_failures: int = 0
     replies_rejected: int = 0  # replies this node's handler refused (e.g. MessageRejected)
+    replies_withheld: int = 0  # replies with no message: the peer's privacy budget is spent
     attempts: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -93,22 +94,29 @@ class PeerClient:
 
     # -- public API -------------------------------------------------------------------------------
 
-    def swap(self, outgoing: bytes | Callable[[], bytes]) -> bytes:
+    def swap(self, outgoing: bytes | None | Callable[[], bytes | None]) -> bytes | None:
         """Send our message for this edge, return the peer's; retried per the RetryPolicy.
 
         Pass a callable to take a fresh message on every attempt: a retry then never resends
         a sequence number the peer may already have applied (it would refuse it as a replay).
+        None, sent or returned, is a withheld message (that side's privacy budget is spent):
+        no payload moves in that direction, the other direction still does.
         """
         make = outgoing if callable(outgoing) else lambda: outgoing
         with self._call_lock:
             return self._with_retries("swap", lambda budget: self._swap_once(make(), budget))
 
     def exchange(self, handler: SwapHandler) -> None:
-        """One full swap for the node: outgoing_for(peer) -> swap -> on_received(peer, reply).
+        """One full swap for the node: outgoing_for(peer) -> swap -> on_received(peer, reply),
+        or on_withheld(peer) when the peer withheld its message (its privacy budget is spent).
 
         on_received's refusal (consensus.wire.MessageRejected) propagates to the caller.
         """
         reply = self.swap(lambda: handler.outgoing_for(self.peer))
+        if reply is None:
+            self._add("replies_withheld", 1)
+            handler.on_withheld(self.peer)
+            return
         try:
             handler.on_received(self.peer, reply)
         except Exception as exc:
@@ -136,8 +144,9 @@ class PeerClient:
 
     # -- one attempt ------------------------------------------------------------------------------
 
-    def _swap_once(self, payload: bytes, budget: float) -> bytes:
-        timeout = min(self._config.deadline_for(len(payload)), budget)
+    def _swap_once(self, payload: bytes | None, budget: float) -> bytes | None:
+        size = 0 if payload is None else len(payload)
+        timeout = min(self._config.deadline_for(size), budget)
         request = frames(
             payload,
             sender=self.name,
@@ -148,7 +157,7 @@ class PeerClient:
         )
         replies = self._stub.Swap(request, timeout=timeout)
         reply = self._read_reply(replies, pb.PURPOSE_SWAP)
-        self._add("bytes_sent", len(payload))
+        self._add("bytes_sent", size)
         return reply
 
     def _fetch_once(self, budget: float) -> bytes:
@@ -156,7 +165,9 @@ class PeerClient:
         request = pb.ModelRequest(sender=self.name, method=self._config.method)
         return self._read_reply(self._stub.FetchModel(request, timeout=timeout), pb.PURPOSE_MODEL)
 
-    def _read_reply(self, replies: Iterator[pb.Chunk], purpose: int) -> bytes:
+    def _read_reply(self, replies: Iterator[pb.Chunk], purpose: int) -> bytes | None:
+        """The reply's payload, or None for a withheld swap reply (read_announcement allows
+        `withheld` on swaps only, with 0 bytes)."""
         try:
             announcement = read_announcement(replies, max_bytes=self._config.max_payload_bytes)
             if announcement.sender != self.peer:
@@ -178,11 +189,13 @@ class PeerClient:
             replies.cancel()
             raise
         self._add("bytes_received", len(payload))
-        return payload
+        return None if announcement.withheld else payload
 
     # -- retries and status -----------------------------------------------------------------------
 
-    def _with_retries(self, operation: str, attempt: Callable[[float], bytes]) -> bytes:
+    def _with_retries(
+        self, operation: str, attempt: Callable[[float], bytes | None]
+    ) -> bytes | None:
         """Run `attempt(seconds_left)` until it succeeds, fails for good, or time runs out."""
         started_wall, started = time.time(), time.monotonic()
         give_up = self._retry.give_up_after_s

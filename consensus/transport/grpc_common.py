@@ -20,17 +20,32 @@ class SwapHandler(Protocol):
 
     on_received raises consensus.wire.MessageRejected to refuse a payload; any method may raise
     NodeNotReady (e.g. no model yet) to make the caller retry later.
+
+    Withheld messages (docs/privacy.md, "Budget"): `outgoing_for` returns None when this node
+    sends nothing on the edge because its privacy budget is spent. The swap still happens, so
+    the node still receives; the transport announces the direction as `withheld` and the peer's
+    transport calls its `on_withheld` instead of `on_received`: the peer applies nothing and
+    keeps its state for the edge. A withheld message is not a rejection. `model_for` raises
+    ModelWithheld when the node does not serve its model (exchange privacy is on).
     """
 
-    def outgoing_for(self, peer: str) -> bytes: ...
+    def outgoing_for(self, peer: str) -> bytes | None: ...
 
     def on_received(self, peer: str, payload: bytes) -> None: ...
+
+    def on_withheld(self, peer: str) -> None: ...
 
     def model_for(self, peer: str) -> bytes: ...
 
 
 class NodeNotReady(RuntimeError):
     """Raised by a handler that cannot take part yet; the peer sees UNAVAILABLE and retries."""
+
+
+class ModelWithheld(RuntimeError):
+    """Raised by `model_for` when the node does not serve its raw model (exchange privacy:
+    it would bypass the noise). The peer sees FAILED_PRECONDITION (RejectedByPeer) and should
+    not ask this node again."""
 
 
 class TransportError(Exception):

@@ -23,7 +23,13 @@ from consensus.transport.framing import (
     read_announcement,
     read_payload,
 )
-from consensus.transport.grpc_common import SERVICE_NAME, NodeNotReady, SwapHandler, TransportConfig
+from consensus.transport.grpc_common import (
+    SERVICE_NAME,
+    ModelWithheld,
+    NodeNotReady,
+    SwapHandler,
+    TransportConfig,
+)
 from consensus.transport.tls import TlsMaterial, peer_common_name, server_credentials
 from consensus.wire import MessageRejected
 
@@ -164,14 +170,18 @@ class _ExchangeServicer(pb_grpc.ConsensusExchangeServicer):
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, exc.reason, peer, exc.detail)
         except NodeNotReady as exc:
             self._refuse(context, grpc.StatusCode.UNAVAILABLE, "not_ready", peer, str(exc))
+        except ModelWithheld as exc:
+            self._refuse(
+                context, grpc.StatusCode.FAILED_PRECONDITION, "model_withheld", peer, str(exc)
+            )
         except Exception:
             log.exception("%s: handler failed on a call from %s", self._name, peer)
             self.stats.add("refused.handler_error")
             context.abort(grpc.StatusCode.INTERNAL, f"{self._name} failed; see its log")
             raise  # pragma: no cover (abort raises)
 
-    def _frames(self, peer: str, payload: bytes, purpose: int) -> Iterator[pb.Chunk]:
-        self.stats.add("bytes_sent", len(payload))
+    def _frames(self, peer: str, payload: bytes | None, purpose: int) -> Iterator[pb.Chunk]:
+        self.stats.add("bytes_sent", len(payload or b""))
         yield from frames(
             payload,
             sender=self._name,
@@ -189,7 +199,10 @@ class _ExchangeServicer(pb_grpc.ConsensusExchangeServicer):
         """Receive the caller's message, apply it only once complete and verified, answer ours.
 
         Our outgoing message is taken before the incoming one is applied, so both sides send
-        the state they had before the swap (as the in-memory transport does).
+        the state they had before the swap (as the in-memory transport does). Either direction
+        may be withheld (privacy budget spent): a withheld request goes to `on_withheld`, and a
+        None from `outgoing_for` is answered as a withheld reply; the other direction still
+        goes through.
         """
         peer = self._authorise(context)
         with self._one_call_per_peer(context, peer):
@@ -208,9 +221,15 @@ class _ExchangeServicer(pb_grpc.ConsensusExchangeServicer):
                 self.stats.add("aborted_in_transfer")
                 log.info("%s: swap from %s ended mid-transfer; nothing applied", self._name, peer)
                 return
-            self.stats.add("bytes_received", len(payload))
-            self._call_handler(context, peer, self._handler.on_received, payload)
-            self.stats.add("swaps_applied")
+            if announcement.withheld:
+                self._call_handler(context, peer, self._handler.on_withheld)
+                self.stats.add("withheld_received")
+            else:
+                self.stats.add("bytes_received", len(payload))
+                self._call_handler(context, peer, self._handler.on_received, payload)
+                self.stats.add("swaps_applied")
+            if outgoing is None:
+                self.stats.add("withheld_sent")
             yield from self._frames(peer, outgoing, pb.PURPOSE_SWAP)
             self.stats.add("swaps_answered")
 
@@ -299,5 +318,6 @@ class ExchangeServer:
         log.info("%s: exchange server stopped", self.name)
 
     def stats(self) -> dict[str, int]:
-        """Counters: swaps_applied, swaps_answered, models_served, bytes_*, refused.<reason>."""
+        """Counters: swaps_applied, swaps_answered, models_served, bytes_*, withheld_received
+        (the caller's budget is spent), withheld_sent (ours is), refused.<reason>."""
         return self._servicer.stats.snapshot()

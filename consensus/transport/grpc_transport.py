@@ -4,6 +4,7 @@ from consensus.transport.framing import FramingError, edge_name
 from consensus.transport.grpc_client import PeerClient, PeerStatus
 from consensus.transport.grpc_common import (
     BadReply,
+    ModelWithheld,
     NodeNotReady,
     PeerRefused,
     PeerUnavailable,
@@ -22,6 +23,7 @@ __all__ = [
     "ExchangeServer",
     "ExchangeWorker",
     "FramingError",
+    "ModelWithheld",
     "NodeNotReady",
     "PeerClient",
     "PeerRefused",
