@@ -33,6 +33,11 @@ class ConsensusConfig:
     fan_in_scaling: bool = False
     # rho / mu; > 0 also sends the model itself, doubling the traffic (eq. 7).
     proximity_weight: float = 0.0
+    # ECL: True makes `learning_rate` the step on the gradient, 1 / (mu + eta), as it is for
+    # gossip, FedAvg and local SGD (mu = 1 / (lr (1 + consensus_weight))); False keeps the
+    # paper's mu = 1 / lr, whose gradient step is lr / (1 + consensus_weight). The simulation
+    # compares methods with True (docs/algorithm.md sec. 9).
+    matched_step: bool = False
     # theta of ECL-ADMM's averaged dual update (eq. 10); ignored by the other methods.
     admm_relaxation: float = 0.5
     # Initial duals: "model" (z_ij = A_ij w_i(0), no pull at the start) or "zero" (eq. 4 as

@@ -63,13 +63,17 @@ class StepWeights:
 
 
 def step_weights(step: int, config: ConsensusConfig) -> StepWeights:
-    """mu = 1 / lr(step), eta = consensus_weight * mu, rho = proximity_weight * mu (eq. 5)."""
+    """mu = 1 / lr(step), eta = consensus_weight * mu, rho = proximity_weight * mu (eq. 5).
+
+    With `matched_step`, mu = 1 / (lr (1 + consensus_weight)): the gradient's step 1 / (mu +
+    eta) is then lr, the step the SGD-based methods take.
+    """
     rate = learning_rate_at(step, config)
     if rate <= 0:
         raise ValueError(
             f"learning rate at step {step} is {rate}; ECL needs lr > 0: raise min_learning_rate"
         )
-    inverse = 1.0 / rate
+    inverse = 1.0 / (rate * (1.0 + config.consensus_weight)) if config.matched_step else 1.0 / rate
     return StepWeights(
         learning_rate=rate,
         inverse_step_size=inverse,

@@ -54,7 +54,7 @@ class NetworkConfig:
     topology: str = "ring"  # ring | full | regular | edges
     degree: int = 4  # for `regular` (random k-regular graph)
     edges: tuple[str, ...] = ()  # for `edges`: "N1-N2" pairs
-    exchange_interval: float = 2.0  # mean local steps between two swaps on one edge
+    exchange_interval: float = 1.0  # mean local steps between two swaps on one edge
     speeds: tuple[float, ...] = ()  # relative node speeds; empty -> seeded jitter around 1
     speed_jitter: float = 0.2  # +/- fraction for the seeded speeds
     message_loss: float = 0.0  # probability that one direction of a swap is lost
@@ -71,7 +71,9 @@ class SimulationConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     # lr 0.1: plain SGD from scratch on the compact network (calibrate_phantom uses the same).
-    consensus: ConsensusConfig = field(default_factory=lambda: ConsensusConfig(learning_rate=0.1))
+    consensus: ConsensusConfig = field(
+        default_factory=lambda: ConsensusConfig(learning_rate=0.1, matched_step=True)
+    )
     # --dp exchange|dpsgd|off and friends (docs/privacy.md); one config for every method.
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 

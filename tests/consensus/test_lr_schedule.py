@@ -48,3 +48,16 @@ def test_ecl_weights_scale_with_the_inverse_step_size() -> None:
     assert (last.inverse_step_size, last.consensus, last.proximity) == (4.0, 8.0, 2.0)
     # the ratio eta / mu, i.e. the local-vs-consensus balance, is the same at every step
     assert first.consensus / first.inverse_step_size == last.consensus / last.inverse_step_size
+
+
+@pytest.mark.parametrize("consensus_weight", [0.25, 0.5, 2.0])
+def test_matched_step_makes_the_gradient_step_the_learning_rate(consensus_weight: float) -> None:
+    paper = step_weights(0, ConsensusConfig(learning_rate=0.1, consensus_weight=consensus_weight))
+    matched = step_weights(
+        0,
+        ConsensusConfig(learning_rate=0.1, consensus_weight=consensus_weight, matched_step=True),
+    )
+    assert paper.inverse_step_size == pytest.approx(10.0)  # the paper's mu = 1 / lr
+    assert 1 / (paper.inverse_step_size + paper.consensus) < 0.1  # a smaller gradient step
+    assert 1 / (matched.inverse_step_size + matched.consensus) == pytest.approx(0.1)
+    assert matched.consensus / matched.inverse_step_size == pytest.approx(consensus_weight)

@@ -47,6 +47,10 @@ def test_ecl_beats_local_on_findings_a_site_never_saw(sim_data_dir: Path, tmp_pa
         "--report-json", str(report_path),
         "--set", "training.eval_every=50", "--set", "training.checkpoint_every=200",
         "--set", "network.topology=full", "--set", "network.exchange_interval=2",
+        # the paper's mu = 1 / lr (ECL's gradient step lr / 1.5): at the simulation's matched
+        # step the residual settles on a floor set by the gradient noise that the duals
+        # integrate (docs/algorithm.md sec. 9), flat from step 50 on at this size
+        "--set", "consensus.matched_step=false",
     )  # fmt: skip
     assert main(args) == 0
     report = _report(report_path)
