@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,11 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from consensus.config import ConsensusConfig, ConsensusConfigError
+from consensus.privacy_config import PrivacyConfig, PrivacyConfigError
 from hospital_node.configio import ConfigError, deep_merge, from_mapping
 from hospital_node.network import HOSTNAME_RE
 
 if TYPE_CHECKING:  # Opacus, MONAI and pydicom stay unimported for `hospital-node status`
-    from consensus.privacy import PrivacyConfig
     from hospital_node.data import DataConfig
     from hospital_node.model import ModelConfig
 
@@ -38,8 +37,6 @@ _TABLES = {
 }
 _NODE_KEYS = {"name", "network", "site_dir", "results_store", "checkpoint_dir", "state_dir"}
 _TRANSPORT_KEYS = {"listen_host", "listen_port", "advertised_host"}
-PRIVACY_MODES = ("off", "exchange", "dpsgd")  # as consensus.privacy.MODES (no Opacus import here)
-PRIVACY_ACCOUNTANTS = ("rdp", "prv")
 
 
 class NodeConfigError(ValueError):
@@ -193,9 +190,10 @@ class DataSettings:
 class PrivacySettings:
     """[privacy]: differential privacy of this node (docs/privacy.md); default off.
 
-    The fields are those of consensus.privacy.PrivacyConfig (the simulation's [privacy] table)
-    plus `planned_epochs`. Checked here without importing Opacus, so `hospital-node status`
-    stays quick; `privacy_config()` builds the PrivacyConfig the mechanisms take.
+    The fields are those of consensus.privacy_config.PrivacyConfig (the simulation's [privacy]
+    table, whose checks run here too, without importing Opacus: `hospital-node status` stays
+    quick) plus `planned_epochs`; `privacy_config()` builds the PrivacyConfig the mechanisms
+    take.
     exchange + target_epsilon needs `planned_releases` (swaps x neighbours the noise must
     cover; it is also the budget unless `epsilon_budget` says otherwise); dpsgd +
     target_epsilon needs `planned_epochs` (passes over the site's training images).
@@ -212,31 +210,12 @@ class PrivacySettings:
     planned_epochs: int | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in PRIVACY_MODES:
-            raise ValueError(f"[privacy] mode={self.mode!r}: choose one of {PRIVACY_MODES}")
-        if self.accountant not in PRIVACY_ACCOUNTANTS:
-            raise ValueError(
-                f"[privacy] accountant={self.accountant!r}: choose one of {PRIVACY_ACCOUNTANTS}"
-            )
-        if self.mode == "off":
-            return
-        if (self.target_epsilon is None) == (self.noise_multiplier is None):
-            raise ValueError(
-                f"[privacy] mode={self.mode!r} needs exactly one of target_epsilon (--epsilon) "
-                "or noise_multiplier (--noise-multiplier)"
-            )
-        for name in ("target_epsilon", "noise_multiplier", "clip_norm", "epsilon_budget"):
-            value = getattr(self, name)
-            if value is not None and not 0 < value < math.inf:
-                raise ValueError(f"[privacy] {name} must be a positive number, got {value}")
-        if self.clip_norm is None:
-            raise ValueError(
-                "[privacy] clip_norm (--clip) is missing: exchange mode, the largest model "
-                "change one release may carry; dpsgd, the per-image gradient norm (1.0 is common)"
-            )
-        if self.delta is not None and not 0 < self.delta < 1:
-            raise ValueError(f"[privacy] delta must lie in (0, 1), got {self.delta}")
-        self._check_plan()
+        try:  # the checks shared with the simulation; consensus.privacy_config has no Opacus
+            self.privacy_config()
+        except PrivacyConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        if self.mode != "off":
+            self._check_plan()
 
     def _check_plan(self) -> None:
         exchange = self.mode == "exchange"
@@ -258,9 +237,7 @@ class PrivacySettings:
             )
 
     def privacy_config(self) -> PrivacyConfig:
-        """The mechanisms' PrivacyConfig (imports Opacus: only where privacy is used)."""
-        from consensus.privacy import PrivacyConfig
-
+        """The mechanisms' PrivacyConfig (validated; Opacus is imported only to calibrate)."""
         return PrivacyConfig(
             mode=self.mode,
             noise_multiplier=self.noise_multiplier,
