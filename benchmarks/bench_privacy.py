@@ -4,11 +4,12 @@ Run: `.venv/bin/python -m benchmarks.bench_privacy [--steps 100] [--per-site 150
 writes build/bench/privacy.json and prints a Markdown table. Every run is a real `ecl-sim`
 run (same data, model, initialisation, schedule and seed; only the privacy flags differ);
 the AUC is the mean over hospitals of the macro AUC on the common test set. On demand only:
-7 runs, 19 minutes with the defaults on a shared, heavily loaded 2-core machine (`--steps
-100`: 19 minutes when it was less loaded). The defaults shrink the simulation (easier
+7 runs, 2 min 47 s with `--steps 100` on 2 idle cores (19 minutes on a heavily loaded,
+shared machine). The defaults shrink the simulation (easier
 phantoms, 24 px, 150 images per site, 40 steps) so that it learns something in that time;
-8 hospitals on a ring, batch 16, learning rate 0.1 and an exchange every 4 steps as in the
-default simulation. Results and their reading: docs/privacy.md, "Measured cost".
+8 hospitals on a ring, batch 16 and learning rate 0.1 as in the default simulation, but an
+exchange every 4 steps (default 1): a quarter of the releases, so less noise per release at a
+given epsilon. Results and their reading: docs/privacy.md, "Measured cost".
 """
 
 from __future__ import annotations

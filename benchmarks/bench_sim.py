@@ -83,13 +83,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--architecture", default="compact")
+    parser.add_argument(
+        "--exchange-interval",
+        type=float,
+        default=NetworkConfig().exchange_interval,
+        help="local steps between two swaps on one edge (default: the simulation's)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     nodes = node_names(8)
     base = SimulationConfig(
         model=ModelConfig(architecture=args.architecture, image_size=args.image_size),
         training=TrainingConfig(batch_size=args.batch_size, batched=False),
-        network=NetworkConfig(exchange_interval=4.0),
+        network=NetworkConfig(exchange_interval=args.exchange_interval),
     )
     train = _data(nodes, 256, args.image_size, seed=0)
     union = [
@@ -108,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "threads": args.threads, "batch_size": args.batch_size, "image_size": args.image_size,
         "architecture": args.architecture, "steps_per_hospital": args.steps,
+        "exchange_interval": args.exchange_interval,
         "centralized": central, "ecl_8_nodes_looped": looped, "ecl_8_nodes_vmapped": batched,
         "ratio_looped_vs_centralized": looped["images_per_s"] / central["images_per_s"],
         "ratio_vmapped_vs_centralized": batched["images_per_s"] / central["images_per_s"],
