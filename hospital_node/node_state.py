@@ -9,8 +9,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from consensus.wire import MAX_BOOT_EPOCH
-
 log = logging.getLogger(__name__)
 
 _TEMP = re.compile(r"^\.(.+)\.tmp-(\d+)$")  # what save_checkpoint and write_json leave on a crash
@@ -59,6 +57,8 @@ def next_boot_epoch(path: Path, *, floor: int = 0) -> int:
     checkpoint holds (docs/wire-format.md, section 6). A lost file would restart at 1 and make
     the peers refuse this node's messages as stale: it must live on the persistent volume.
     """
+    from consensus.wire import MAX_BOOT_EPOCH  # imports torch: only a starting node needs it
+
     try:
         saved = read_json(path)
     except NodeStateError as exc:
