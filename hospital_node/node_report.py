@@ -16,7 +16,7 @@ from hospital_node.evaluate import Evaluation
 from hospital_node.node_config import NodeConfig
 from hospital_node.node_handler import PeerCounters
 from hospital_node.node_state import write_json
-from hospital_node.store import ResultsStore, SiteInfo, StoreError
+from hospital_node.store import PrivacyStatus, ResultsStore, SiteInfo, StoreError
 
 if TYPE_CHECKING:
     from hospital_node.node import HospitalNode
@@ -83,13 +83,16 @@ class NodeReporter:
         self._write(self._require_store().truncate_after, self.run_id, self.method, step)
         self._last_progress = (time.monotonic(), step)
 
-    def log_privacy(self) -> None:
+    def log_privacy(self, row: PrivacyStatus | None = None) -> None:
         """The privacy row (mode, epsilon so far, exhausted flag), as the simulation writes it."""
-        privacy = self._node.privacy
-        if privacy is not None:
-            row = privacy.status_row()
+        row = row if row is not None else self._privacy_row()
+        if row is not None:
             self._write(self._require_store().set_privacy, self.run_id, self.method,
                         self._config.name, row)  # fmt: skip
+
+    def _privacy_row(self) -> PrivacyStatus | None:
+        privacy = self._node.privacy
+        return privacy.status_row() if privacy is not None else None
 
     def node_status(self, state: str, detail: str = "") -> None:
         node = self._node
@@ -107,18 +110,21 @@ class NodeReporter:
         """train_loss, throughput and traffic metrics, exchange snapshots, node status."""
         node, store, name = self._node, self._require_store(), self._config.name
         counters = node.handler.counters()
+        privacy = self._privacy_row()  # epsilon is computed once per report
         self._write(store.log_metrics, self.run_id, self.method, name, node.step,
-                    self._metrics(counters))  # fmt: skip
+                    self._metrics(counters, privacy))  # fmt: skip
         for peer, c in counters.items():
             self._write(store.set_exchange, self.run_id, self.method, name, peer, node.step,
                         messages=c.messages_sent, n_bytes=c.bytes_sent)  # fmt: skip
             self._write(store.set_exchange, self.run_id, self.method, peer, name, node.step,
                         messages=c.messages_received + c.rejected_total,
                         n_bytes=c.bytes_received, rejected=c.rejected_total)  # fmt: skip
-        self.log_privacy()
+        self.log_privacy(privacy)
         self.node_status(node.display_state, self._detail())
 
-    def _metrics(self, counters: dict[str, PeerCounters]) -> dict[str, float | None]:
+    def _metrics(
+        self, counters: dict[str, PeerCounters], privacy: PrivacyStatus | None
+    ) -> dict[str, float | None]:
         node, now = self._node, time.monotonic()
         last_time, last_step = self._last_progress
         if node.step > last_step and now > last_time:
@@ -128,7 +134,6 @@ class NodeReporter:
         reasons: Counter[str] = Counter()
         for c in counters.values():
             reasons.update(c.rejected)
-        privacy = node.privacy.status_row() if node.privacy is not None else None
         spent = {} if privacy is None or privacy.epsilon is None else {"epsilon": privacy.epsilon}
         return {
             "train_loss": sum(node.losses) / len(node.losses) if node.losses else None,
