@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first: the CPU wheel on this machine; the project's range then installs nothing more.
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/pip install -q -e '.[dev]'
+	# the ray extra too: its test (--backend ray on a local Ray instance) runs in CI
+	$(BIN)/pip install -q -e '.[dev,app,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -53,6 +54,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_grpc
 	$(BIN)/python -m benchmarks.bench_node
 	$(BIN)/python -m benchmarks.bench_privacy
+	$(BIN)/python -m benchmarks.bench_review
 
 clean:
 	rm -rf build .pytest_cache

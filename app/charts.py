@@ -7,37 +7,28 @@ import math
 import altair as alt
 import pandas as pd
 
+from app.network import NETWORK_DOMAIN, NETWORK_PX, STATE_COLOURS
 from data_tools.labels import FINDINGS
-from hospital_node.evaluate import RocCurve
+from hospital_node.evaluation.records import RocCurve
 
-STATE_COLOURS = {
-    "training": "#1f77b4",
-    "finished": "#2ca02c",
-    "waiting": "#ff7f0e",
-    "stopped_sending": "#9467bd",
-    "failed": "#d62728",
-    "unknown": "#7f7f7f",
-}
 _DIFF_LIMIT = 0.3  # the difference colour scale saturates at +/- this much AUC
 _MIN_LABEL_CELL_PX = 25  # narrower heat-map cells show colour only (numbers in the tooltip)
 
 
+def _heatmap_colour(compare: str) -> tuple[alt.Color, str]:
+    """The colour scale and value title: AUC, or a difference against a reference."""
+    # a horizontal legend under the map: a map of one or two sites is too low for a vertical one
+    legend = alt.Legend(orient="bottom", direction="horizontal", gradientLength=220)
+    if compare == "none":
+        scale = alt.Scale(scheme="viridis", domain=[0.5, 1.0], clamp=True)
+        return alt.Color("value:Q", title="AUC", scale=scale, legend=legend), "AUC"
+    scale = alt.Scale(scheme="redblue", domain=[-_DIFF_LIMIT, _DIFF_LIMIT], clamp=True)
+    return alt.Color("value:Q", title="Difference", scale=scale, legend=legend), "Difference (AUC)"
+
+
 def heatmap_chart(frame: pd.DataFrame, *, compare: str) -> alt.Chart:
     """Sites x findings; colour = AUC (or difference), text = value, '•' = never seen there."""
-    if compare == "none":
-        colour = alt.Color(
-            "value:Q",
-            title="AUC",
-            scale=alt.Scale(scheme="viridis", domain=[0.5, 1.0], clamp=True),
-        )
-        value_title = "AUC"
-    else:
-        colour = alt.Color(
-            "value:Q",
-            title="Difference",
-            scale=alt.Scale(scheme="redblue", domain=[-_DIFF_LIMIT, _DIFF_LIMIT], clamp=True),
-        )
-        value_title = "Difference (AUC)"
+    colour, value_title = _heatmap_colour(compare)
     x = alt.X(
         "finding:N",
         sort=list(FINDINGS),
@@ -155,15 +146,17 @@ def roc_grid(curves: dict[str, RocCurve], *, columns: int = 4) -> alt.FacetChart
 
 
 def network_chart(nodes: pd.DataFrame, edges: pd.DataFrame) -> alt.LayerChart:
-    """Hospitals on a circle (x, y in nodes), edges as rules; nodes coloured by state."""
+    """Hospitals on a circle, edges as rules, nodes coloured by state; a fixed square frame
+    (network.NETWORK_PX) whose margin holds the largest marker (network.marker_radius_px)."""
     axis = alt.Axis(labels=False, ticks=False, grid=False, domain=False, title=None)
-    scale = alt.Scale(domain=[-1.35, 1.35])
+    scale = alt.Scale(domain=[-NETWORK_DOMAIN, NETWORK_DOMAIN], nice=False, zero=False)
+    x, y = alt.X("x:Q", axis=axis, scale=scale), alt.Y("y:Q", axis=axis, scale=scale)
     rules = (
         alt.Chart(edges)
         .mark_rule(color="#9e9e9e")
         .encode(
-            x=alt.X("x:Q", axis=axis, scale=scale),
-            y=alt.Y("y:Q", axis=axis, scale=scale),
+            x=x,
+            y=y,
             x2="x2:Q",
             y2="y2:Q",
             strokeWidth=alt.StrokeWidth("messages:Q", legend=None, scale=alt.Scale(range=[1, 6])),
@@ -175,10 +168,10 @@ def network_chart(nodes: pd.DataFrame, edges: pd.DataFrame) -> alt.LayerChart:
             ],
         )
     )
-    states = list(STATE_COLOURS)
+    present = [s for s in STATE_COLOURS if s in set(nodes["state_group"])]
     node_marks = alt.Chart(nodes).encode(
-        x=alt.X("x:Q", axis=axis, scale=scale),
-        y=alt.Y("y:Q", axis=axis, scale=scale),
+        x=x,
+        y=y,
         tooltip=[
             alt.Tooltip("site:N", title="Hospital"),
             alt.Tooltip("state:N", title="State"),
@@ -186,21 +179,55 @@ def network_chart(nodes: pd.DataFrame, edges: pd.DataFrame) -> alt.LayerChart:
             alt.Tooltip("n_train:Q", title="Training images"),
             alt.Tooltip("sent:Q", title="Messages sent"),
             alt.Tooltip("received:Q", title="Messages received"),
-            alt.Tooltip("kilobytes_sent:Q", title="Sent (kB)", format=".1f"),
+            alt.Tooltip("detail:N", title="Detail"),
         ],
     )
-    circles = node_marks.mark_circle(size=1400, opacity=1).encode(
+    circles = node_marks.mark_circle(opacity=1).encode(
+        size=alt.Size("marker_area:Q", legend=None, scale=None),
         color=alt.Color(
-            "state:N",
+            "state_group:N",
             title="State",
-            scale=alt.Scale(domain=states, range=[STATE_COLOURS[s] for s in states]),
-            legend=alt.Legend(orient="bottom", columns=2),
-        )
+            scale=alt.Scale(domain=present, range=[STATE_COLOURS[s] for s in present]),
+            legend=alt.Legend(orient="bottom", columns=3),
+        ),
+        stroke=alt.condition("datum.is_self", alt.value("black"), alt.value("white")),
+        strokeWidth=alt.condition("datum.is_self", alt.value(3), alt.value(1)),
     )
-    labels = node_marks.mark_text(color="white", fontWeight="bold", fontSize=13).encode(
-        text="site:N"
+    labels = node_marks.mark_text(color="white", fontWeight="bold").encode(
+        text="site:N", size=alt.Size("font_px:Q", legend=None, scale=None)
     )
-    return (rules + circles + labels).properties(height=380)
+    return (rules + circles + labels).properties(width=NETWORK_PX, height=NETWORK_PX)
+
+
+def calibration_chart(frame: pd.DataFrame, *, title: str) -> alt.LayerChart:
+    """Reliability diagram: observed rate against mean predicted probability per bin (dot
+    area = images in the bin), with the diagonal of perfect calibration."""
+    axis_x = alt.X(
+        "mean_predicted:Q", title="Predicted probability (bin mean)", scale=alt.Scale(domain=[0, 1])
+    )
+    axis_y = alt.Y(
+        "observed:Q", title="Observed fraction with the finding", scale=alt.Scale(domain=[0, 1])
+    )
+    diagonal = (
+        alt.Chart(pd.DataFrame({"mean_predicted": [0, 1], "observed": [0, 1]}))
+        .mark_line(strokeDash=[4, 4], color="gray")
+        .encode(x="mean_predicted:Q", y="observed:Q")
+    )
+    base = alt.Chart(frame).encode(
+        x=axis_x,
+        y=axis_y,
+        tooltip=[
+            alt.Tooltip("bin:N", title="Probability bin"),
+            alt.Tooltip("count:Q", title="Images"),
+            alt.Tooltip("mean_predicted:Q", title="Mean predicted", format=".3f"),
+            alt.Tooltip("observed:Q", title="Observed rate", format=".3f"),
+        ],
+    )
+    line = base.mark_line(color="#1f77b4")
+    dots = base.mark_circle(color="#1f77b4", opacity=0.9).encode(
+        size=alt.Size("count:Q", legend=None, scale=alt.Scale(range=[30, 400]))
+    )
+    return (diagonal + line + dots).properties(title=title, height=320)
 
 
 def line_chart(

@@ -10,8 +10,9 @@ import pandas as pd
 import streamlit as st
 
 from data_tools.labels import FINDINGS
-from hospital_node.evaluate import RocCurve
-from hospital_node.store_read import RunInfo, StoreReader
+from hospital_node.evaluation.calibration import Calibration
+from hospital_node.evaluation.records import RocCurve
+from hospital_node.store.reader import RunInfo, StoreReader
 
 if TYPE_CHECKING:
     from app.viewer import StoredModel
@@ -65,10 +66,44 @@ def load_final_auc(path: str, run_id: str, test_set: str, version: str) -> pd.Da
 
 
 @st.cache_data(**_CACHE)
-def load_auc_history(path: str, run_id: str, method: str, site: str, version: str) -> pd.DataFrame:
-    """Every evaluation of one (method, site) on the common test set."""
+def load_auc_history(
+    path: str, run_id: str, method: str, site: str, version: str, test_set: str = "common"
+) -> pd.DataFrame:
+    """Every evaluation of one (method, site) on one test set (common by default)."""
     with StoreReader.open_readonly(path) as reader:
-        return reader.auc_history(run_id, method=method, site=site, test_set="common")
+        return reader.auc_history(run_id, method=method, site=site, test_set=test_set)
+
+
+@st.cache_data(**_CACHE)
+def load_reviewed_auc(path: str, run_id: str, test_set: str, version: str) -> pd.DataFrame:
+    """Per (method, site) the newest evaluation with CIs, else the newest (`has_ci` says)."""
+    with StoreReader.open_readonly(path) as reader:
+        return reader.reviewed_auc(run_id, test_set)
+
+
+@st.cache_data(**_CACHE)
+def load_calibration(
+    path: str, run_id: str, method: str, site: str, test_set: str, version: str
+) -> dict[str, Calibration]:
+    """The latest reliability diagram per finding of one (method, site, test set)."""
+    with StoreReader.open_readonly(path) as reader:
+        return reader.calibration(run_id, method, site, test_set)
+
+
+@st.cache_data(**_CACHE)
+def load_subgroups(
+    path: str, run_id: str, method: str, site: str, test_set: str, version: str
+) -> pd.DataFrame:
+    """AUC per finding in each subgroup (sex, age band, view) of the latest review."""
+    with StoreReader.open_readonly(path) as reader:
+        return reader.subgroup_auc(run_id, method=method, site=site, test_set=test_set)
+
+
+@st.cache_data(**_CACHE)
+def load_shared(path: str, run_id: str, version: str) -> pd.DataFrame:
+    """Per-finding summaries this node shared and received (empty when it does not share)."""
+    with StoreReader.open_readonly(path) as reader:
+        return reader.shared_metrics(run_id)
 
 
 @st.cache_data(**_CACHE)

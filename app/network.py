@@ -9,6 +9,50 @@ import pandas as pd
 
 from app.review import site_order
 
+NETWORK_PX = 360  # the network drawing is a square of this many pixels
+NETWORK_DOMAIN = 1.4  # data units from the centre to the frame (nodes sit at radius 1)
+MAX_MARKER_RADIUS_PX = 24.0
+MIN_FONT_PX, MAX_FONT_PX = 7.0, 13.0
+# Every state a node or the simulation writes, and the neighbour states a node records
+# (what it has heard of them); anything else is drawn as 'other'.
+STATE_COLOURS = {
+    "training": "#1f77b4",
+    "finished": "#2ca02c",
+    "stopped": "#5f5f5f",
+    "starting": "#ff7f0e",
+    "joining": "#ff7f0e",
+    "waiting": "#ff7f0e",
+    "stopped_sending": "#9467bd",
+    "budget_spent": "#9467bd",
+    "failed": "#d62728",
+    "heard": "#17becf",
+    "silent": "#ff7f0e",
+    "never_heard": "#bcbd22",
+    "unknown": "#7f7f7f",
+    "other": "#7f7f7f",
+}
+
+
+def marker_radius_px(n_nodes: int) -> float:
+    """Circle radius in pixels: at most MAX_MARKER_RADIUS_PX, and small enough that
+    neighbours on the circle never overlap (0.42 of the distance between them)."""
+    px_per_unit = NETWORK_PX / (2 * NETWORK_DOMAIN)
+    if n_nodes < 2:
+        return MAX_MARKER_RADIUS_PX
+    chord = 2 * px_per_unit * math.sin(math.pi / n_nodes)
+    return min(MAX_MARKER_RADIUS_PX, 0.42 * chord)
+
+
+def label_font_px(label: str, radius_px: float) -> float:
+    """Font size at which a hospital's name fits inside its circle (bold, ~0.62 em/char)."""
+    fitting = 2 * radius_px * 0.85 / (0.62 * max(len(label), 1))
+    return max(MIN_FONT_PX, min(MAX_FONT_PX, fitting))
+
+
+def state_group(state: str) -> str:
+    """The state's colour group: itself when it has a colour, else 'other'."""
+    return state if state in STATE_COLOURS else "other"
+
 
 def circle_layout(nodes: Sequence[str]) -> dict[str, tuple[float, float]]:
     """Nodes evenly on the unit circle, the first at the top, clockwise."""
@@ -31,9 +75,15 @@ def node_table(
     status: pd.DataFrame,
     exchanges: pd.DataFrame,
     sites: pd.DataFrame,
+    self_site: str | None = None,
 ) -> pd.DataFrame:
-    """One row per hospital: position, state, last step, training size, traffic totals."""
+    """One row per hospital: position, state, last step, training size, traffic totals, and
+    how to draw it (marker area, font size; `is_self`: the node whose store this is).
+
+    On a node's store the neighbours' rows are what that node has heard of them (state
+    'heard', 'silent', 'never_heard'; step when they shared metrics, else unknown)."""
     layout = circle_layout(nodes)
+    radius = marker_radius_px(len(nodes))
     traffic = _traffic(exchanges, method)
     state = status[status["method"] == method].set_index("site")
     n_train = dict(zip(sites["site"], sites["n_train"], strict=True))
@@ -42,13 +92,19 @@ def node_table(
         sent = traffic[traffic["src"] == node]
         received = traffic[traffic["dst"] == node]
         known = node in state.index
+        step = int(state.at[node, "step"]) if known else -1
+        label = str(state.at[node, "state"]) if known else "unknown"
         rows.append(
             {
                 "site": node,
                 "x": layout[node][0],
                 "y": layout[node][1],
-                "state": str(state.at[node, "state"]) if known else "unknown",
-                "step": int(state.at[node, "step"]) if known else None,
+                "state": label,
+                "state_group": state_group(label),
+                "is_self": node == self_site,
+                "marker_area": math.pi * radius**2,
+                "font_px": label_font_px(node, radius),
+                "step": step if step >= 0 else None,
                 "detail": str(state.at[node, "detail"]) if known else "",
                 "updated_at": str(state.at[node, "updated_at"]) if known else "",
                 "n_train": int(n_train.get(node, 0)),

@@ -8,8 +8,8 @@ from collections.abc import Iterable, Mapping
 import pandas as pd
 
 from data_tools.labels import FINDINGS
-from hospital_node.evaluate import RocCurve
-from hospital_node.store_schema import ALL_SITES, METHODS
+from hospital_node.evaluation.records import RocCurve
+from hospital_node.store.schema import ALL_SITES, METHODS
 
 COMPARISONS = {
     "none": "AUC",

@@ -21,6 +21,10 @@ class AppSettings:
     results: Path
     dicom_dir: Path | None = None
     min_positives: int = DEFAULT_MIN_POSITIVES
+    require_login: bool = False  # OIDC login configured: nobody sees a page before st.login
+    auth_provider: str | None = None  # None: the [auth] section itself; else [auth.NAME]
+    allowed: tuple[str, ...] = ()  # e-mail addresses and @domains; empty: every signed-in user
+    allow_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,20 @@ def add_app_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="flag an AUC as unreliable when its test set has fewer than N positive images",
     )
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="EMAIL|@DOMAIN",
+        help="with a login: only these users may open the app (repeat it; '@hospital.example' "
+        "admits a whole domain); without --allow every user the identity provider signs in",
+    )
+    parser.add_argument(
+        "--allow-file",
+        type=Path,
+        metavar="FILE",
+        help="more allow-list entries, one per line ('#' comments); re-read on every page view",
+    )
 
 
 class _RaisingParser(argparse.ArgumentParser):
@@ -77,12 +95,20 @@ def parse_app_args(argv: list[str]) -> AppSettings:
     """Settings from the script's arguments (what ecl-app passes after `--`)."""
     parser = _RaisingParser(prog="app/main.py", add_help=False)
     add_app_arguments(parser)
+    parser.add_argument("--require-login", action="store_true")
+    parser.add_argument("--auth-provider")
     args = parser.parse_args(argv)
     if args.min_positives < 1:
         raise SettingsError("--min-positives must be at least 1")
+    if (args.allow or args.allow_file) and not args.require_login:
+        raise SettingsError("--allow and --allow-file need a login (--require-login)")
     dicom_dir = args.dicom_dir.expanduser().resolve() if args.dicom_dir else None
     return AppSettings(
         results=args.results.expanduser().resolve(),
         dicom_dir=dicom_dir,
         min_positives=args.min_positives,
+        require_login=args.require_login,
+        auth_provider=args.auth_provider,
+        allowed=tuple(e.strip().lower() for e in args.allow),
+        allow_file=args.allow_file.expanduser().resolve() if args.allow_file else None,
     )

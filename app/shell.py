@@ -10,9 +10,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from app.access import AllowListError, admitted
 from app.data import load_runs, store_version
 from app.settings import CONTEXT_KEY, AppContext, SettingsError, parse_app_args
-from hospital_node.store_read import StoreError
+from hospital_node.store.reader import StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,13 @@ def start(argv: list[str]) -> AppContext | None:
     except SettingsError as exc:
         st.error(f"The app was started with arguments it cannot use: {exc}.")
         st.info(f"Start it with `{USAGE}`.")
+        return None
+    try:
+        if not admitted(settings):  # the login page, before anything reads the store
+            return None
+    except AllowListError as exc:
+        logger.error("%s", exc)
+        st.error(f"The app's list of users cannot be used: {exc}. Tell your IT contact.")
         return None
     version = store_version(settings.results)
     try:

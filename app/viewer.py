@@ -18,10 +18,10 @@ from torch import nn
 from torch.nn import functional
 
 from data_tools.labels import FINDINGS
-from hospital_node.configio import from_mapping
-from hospital_node.dicom import DicomReadError, dicom_summary, read_dicom, resize_image
-from hospital_node.evaluate import RocCurve
-from hospital_node.model import ModelConfig, build_model
+from hospital_node.data.config import DataConfig
+from hospital_node.data.dicom import DicomReadError, dicom_summary, read_dicom, resize_image
+from hospital_node.evaluation.records import RocCurve
+from hospital_node.training.model import ModelConfig, build_model
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,9 @@ MAX_LISTED_FILES = 2000
 DICOM_SUFFIXES = (".dcm", ".dicom", "")
 
 _ADVICE = {
+    "too_large": "This file is larger or more complex than a single chest radiograph can be "
+    "(the limits are 128 MB per file and 36 megapixels per image). Export the single "
+    "radiograph again from PACS.",
     "not_dicom": "This file is not a DICOM image. Export the study from PACS as a DICOM "
     "(Part 10, .dcm) file and choose that file.",
     "truncated": "This DICOM file is incomplete (cut short). Copy it again from the archive.",
@@ -115,13 +118,13 @@ def load_case(source: Path | bytes) -> Case:
 def input_size_of(model_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> int:
     """The resolution the model was trained at.
 
-    The simulation resizes images to `data.image_size` before training; that wins over the
-    model config's own `image_size` field when both are present (they may differ).
+    The simulation and the nodes resize images to `data.image_size` before training; that
+    wins over the `image_size` the stored model record carries when both are present.
     """
     data = run_config.get("data")
     if isinstance(data, Mapping) and isinstance(data.get("image_size"), int):
         return int(data["image_size"])
-    return int(model_config.get("image_size", ModelConfig().image_size))
+    return int(model_config.get("image_size", DataConfig().image_size))
 
 
 def build_classifier(stored: StoredModel) -> nn.Module:
@@ -129,7 +132,7 @@ def build_classifier(stored: StoredModel) -> nn.Module:
 
     Fresh per use: Grad-CAM registers hooks on the module, so a module is never shared.
     """
-    config = from_mapping(ModelConfig, dict(stored.config))
+    config = ModelConfig.from_record(stored.config)
     model = build_model(config)
     model.load_state_dict(stored.state, strict=True)
     return model.eval()

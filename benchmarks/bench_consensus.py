@@ -25,7 +25,8 @@ from consensus.wire import (
     decode_message,
     encode_message,
 )
-from hospital_node.model import ModelConfig, build_model
+from hospital_node.training.model import ModelConfig, build_model
+from hospital_node.training.step import ModelStack
 
 DEFAULT_OUT = Path("build/bench/consensus.json")
 GOAL_RATIO = 0.03  # consensus work per step <= 3% of one training step
@@ -57,14 +58,21 @@ def training_step(model: nn.Module, *, batch: int, image_size: int) -> Callable[
     return step
 
 
-def consensus_steps(model: nn.Module) -> dict[str, Callable[[], None]]:
-    """ECL-PDMM at a ring node on the model's gradients: local_step, outgoing to 2 peers, both."""
-    params = {name: p for name, p in model.named_parameters()}
-    grads = {name: p.grad.detach().clone() for name, p in params.items()}  # type: ignore[union-attr]
+def consensus_steps(model: nn.Module, *, fused: bool = True) -> dict[str, Callable[[], None]]:
+    """ECL-PDMM at a ring node on the model's gradients: local_step, outgoing to 2 peers, both.
+
+    The node's parameters as a hospital node holds them: a ModelStack of one model (one flat
+    buffer). `fused=False` runs the pass-per-term reference path of the same update.
+    """
+    stack = ModelStack(model, copies=1)
+    params = stack.views[0]
+    named = dict(model.named_parameters())
+    grads = {name: named[name].grad.detach().clone() for name in params}  # type: ignore[union-attr]
     config = ConsensusConfig(method="ecl-pdmm", learning_rate=0.01)
     algorithm = make_algorithm(
         config, node="N2", neighbours=["N1", "N3"], params=params, node_order=["N1", "N2", "N3"]
     )
+    algorithm._state.fused = fused  # the benchmark's before/after switch (FlatState.fused)
 
     def local_step() -> None:
         algorithm.local_step(grads)
@@ -78,6 +86,19 @@ def consensus_steps(model: nn.Module) -> dict[str, Callable[[], None]]:
         outgoing()
 
     return {"local_step": local_step, "outgoing": outgoing, "step": both}
+
+
+def interleaved_medians(runs: dict[str, Callable[[], None]], *, repeats: int) -> dict[str, float]:
+    """Median seconds of each callable, timed in turn (A B A B ...) so load hits all alike."""
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def wire_throughput(model: nn.Module, *, repeats: int) -> dict[str, float]:
@@ -112,14 +133,17 @@ def run(*, threads: int, repeats: int, batch: int, image_size: int) -> dict[str,
     load_before = os.getloadavg()[0]
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(architecture="densenet121", image_size=image_size))
+    model = build_model(ModelConfig(architecture="densenet121"))
     train = training_step(model, batch=batch, image_size=image_size)
     train_s = median_seconds(train, repeats=repeats)  # also leaves .grad for the ECL step
-    ecl = consensus_steps(model)
+    fused, reference = consensus_steps(model), consensus_steps(model, fused=False)
     ecl_repeats = max(repeats, 10)
-    ecl_s = median_seconds(ecl["step"], repeats=ecl_repeats)
-    local_s = median_seconds(ecl["local_step"], repeats=ecl_repeats)
-    outgoing_s = median_seconds(ecl["outgoing"], repeats=ecl_repeats)
+    medians = interleaved_medians(
+        {"fused": fused["step"], "reference": reference["step"]}, repeats=ecl_repeats
+    )
+    ecl_s = medians["fused"]
+    local_s = median_seconds(fused["local_step"], repeats=ecl_repeats)
+    outgoing_s = median_seconds(fused["outgoing"], repeats=ecl_repeats)
     return {
         "threads": threads,
         "torch": torch.__version__,
@@ -132,6 +156,9 @@ def run(*, threads: int, repeats: int, batch: int, image_size: int) -> dict[str,
         "ecl_local_step_ms": 1e3 * local_s,
         "ecl_outgoing_2_peers_ms": 1e3 * outgoing_s,
         "ecl_over_train": ecl_s / train_s,
+        "ecl_reference_step_ms": 1e3 * medians["reference"],
+        "reference_over_train": medians["reference"] / train_s,
+        "speedup_fused_vs_reference": medians["reference"] / ecl_s,
         "goal_ratio": GOAL_RATIO,
         "meets_goal": ecl_s / train_s <= GOAL_RATIO,
         "wire": wire_throughput(model, repeats=repeats),
@@ -149,6 +176,9 @@ def table(result: dict[str, Any]) -> str:
         ("  of which local_step", f"{result['ecl_local_step_ms']:.2f} ms"),
         ("  of which 2 x outgoing", f"{result['ecl_outgoing_2_peers_ms']:.2f} ms"),
         ("ratio (goal <= 3%)", f"{100 * result['ecl_over_train']:.2f} %"),
+        ("reference path (unfused)", f"{result['ecl_reference_step_ms']:.2f} ms"),
+        ("  its ratio", f"{100 * result['reference_over_train']:.2f} %"),
+        ("fused speed-up", f"{result['speedup_fused_vs_reference']:.2f}x"),
         ("message size", f"{wire['message_mb']:.1f} MB ({wire['parameters']:,} params)"),
         ("encode", f"{wire['encode_mb_per_s']:.0f} MB/s ({wire['encode_ms']:.1f} ms)"),
         ("decode", f"{wire['decode_mb_per_s']:.0f} MB/s ({wire['decode_ms']:.1f} ms)"),

@@ -28,9 +28,9 @@ from data_tools.labels import (
     write_label_table,
 )
 from data_tools.phantom import PhantomConfig, render_phantom, sample_anatomy
-from hospital_node.data import DataConfig, load_site
-from hospital_node.data_cache import file_digest
-from hospital_node.dicom import read_dicom_image
+from hospital_node.data.cache import file_digest
+from hospital_node.data.dicom import read_dicom_image
+from hospital_node.data.site import DataConfig, load_site
 
 DEFAULT_OUT = Path("build/bench/data.json")
 

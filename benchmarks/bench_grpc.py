@@ -25,8 +25,8 @@ from consensus.transport.grpc_transport import (
     TransportConfig,
     load_tls,
 )
-from hospital_node.network import parse_network
-from hospital_node.provision import provision
+from hospital_node.provisioning.network import parse_network
+from hospital_node.provisioning.provision import provision
 
 DEFAULT_OUT = Path("build/bench/grpc.json")
 # Parameters of DenseNet-121 with a 14-finding head: 6,953,856 features + 1024 * 14 + 14.
@@ -42,7 +42,13 @@ class _EchoHandler:
     def outgoing_for(self, peer: str) -> bytes:
         return self.reply
 
-    def on_received(self, peer: str, payload: bytes) -> None:
+    def validate(self, peer: str, payload: bytes) -> bytes:
+        return payload
+
+    def deliver(self, peer: str, validated: bytes, num_bytes: int) -> None:
+        pass
+
+    def on_sent(self, peer: str, num_bytes: int) -> None:
         pass
 
     def on_withheld(self, peer: str) -> None:

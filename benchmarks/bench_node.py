@@ -29,9 +29,9 @@ from hospital_node.checkpoint import (
     load_checkpoint_file,
     load_latest_checkpoint,
 )
-from hospital_node.data import DataConfig, load_site
-from hospital_node.network import parse_network
-from hospital_node.provision import dumps_toml, provision
+from hospital_node.data.site import DataConfig, load_site
+from hospital_node.provisioning.network import parse_network
+from hospital_node.provisioning.provision import dumps_toml, provision
 
 DEFAULT_OUT = Path("build/bench/node.json")
 DEFAULT_WORK = Path("build/bench/node-work")
@@ -146,9 +146,10 @@ def network(work: Path, data: Path, name: str, settings: dict[str, dict]) -> dic
 
 def settings(*, mean_interval_s: float, steps_per_second: float) -> dict[str, dict]:
     return {
-        "training": {"batch_size": 8, "max_steps_per_second": steps_per_second,
-                     "checkpoint_every": 10, "eval_every": 0, "log_every": 20,
-                     "status_every_s": 0.5},
+        "training": {"batch_size": 8, "checkpoint_every": 10},
+        "evaluation": {"every": 0},
+        "run": {"max_steps_per_second": steps_per_second, "log_every": 20,
+                "status_every_s": 0.5},
         "exchange": {"mean_interval_s": mean_interval_s, "join": "scratch",
                      "retry_max_attempts": 2, "retry_initial_backoff_s": 0.2,
                      "retry_max_backoff_s": 1.0, "retry_give_up_after_s": 5.0,

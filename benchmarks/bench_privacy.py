@@ -20,8 +20,8 @@ import math
 import time
 from pathlib import Path
 
-from hospital_node.sim_cli import main as ecl_sim
-from hospital_node.store_read import StoreReader
+from hospital_node.simulation.cli import main as ecl_sim
+from hospital_node.store.reader import StoreReader
 
 OUT = Path("build/bench/privacy.json")
 WORK = Path("build/bench/privacy")
@@ -32,14 +32,14 @@ GOAL = 0.97  # the client's target: AUC at epsilon 8 >= 0.97 x the non-private A
 def _common_args(args: argparse.Namespace) -> list[str]:
     return [
         "--quiet", "--methods", "ecl-pdmm", "--steps", str(args.steps), "--seed", "0",
-        "--set", f"data.synth_per_site={args.per_site}",
-        "--set", f"data.synth_test_size={args.test_size}",
-        "--set", f"data.synth_size={args.synth_size}",
-        "--set", f"data.synth_difficulty={args.difficulty}",
+        "--set", f"synth.per_site={args.per_site}",
+        "--set", f"synth.test_size={args.test_size}",
+        "--set", f"synth.size={args.synth_size}",
+        "--set", f"synth.difficulty={args.difficulty}",
         "--set", f"data.image_size={args.image_size}",
-        "--set", f"training.eval_every={args.steps}",
+        "--set", f"evaluation.every={args.steps}",
         "--set", f"training.checkpoint_every={args.steps}",
-        "--set", "training.bootstrap=20",
+        "--set", "evaluation.bootstrap=20",
         "--set", f"network.exchange_interval={args.exchange_interval}",
         "--set", f"consensus.learning_rate={args.learning_rate}",
     ]  # fmt: skip

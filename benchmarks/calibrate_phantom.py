@@ -2,7 +2,8 @@
 
 Renders the default synthetic hospitals in memory (same label sampling, seeds and per-site noise
 as `ecl-data synth`, no DICOM), pools their train splits, downsamples to 64 px, trains
-hospital_node.model.build_model(ModelConfig()) with plain SGD (no momentum, as the consensus
+hospital_node.training.model.build_model(ModelConfig()) with plain SGD (no momentum, as the
+consensus
 methods use) and BCE-with-logits, and evaluates per-finding AUC on the common test set.
 
     OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.calibrate_phantom --threads 2
@@ -25,7 +26,7 @@ from torch import nn
 from data_tools.labels import COMMON_TEST_SITE, FINDINGS
 from data_tools.phantom import PhantomConfig, render_phantom, sample_anatomy
 from data_tools.synth import ImageJob, SynthConfig, plan_images, plan_sites
-from hospital_node.model import ModelConfig, build_model
+from hospital_node.training.model import ModelConfig, build_model
 
 DEFAULT_OUT = Path("build/bench/calibrate_phantom.json")
 
@@ -71,7 +72,7 @@ def build_sets(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.nda
 def train(x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> nn.Module:
     """Plain SGD, BCE-with-logits, `args.steps` mini-batches of `args.batch` drawn by epoch."""
     torch.manual_seed(args.seed)
-    model = build_model(ModelConfig(image_size=args.model_size))
+    model = build_model(ModelConfig())
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.0)
     loss_fn = nn.BCEWithLogitsLoss()
     rng = np.random.default_rng(args.seed)

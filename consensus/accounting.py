@@ -5,20 +5,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from consensus.privacy import (
-    ACCOUNTANTS,
-    PrivacyBudgetExhausted,
-    PrivacyConfig,
-    PrivacyConfigError,
-    gaussian_epsilon,
-    opacus_noise_multiplier,
-)
+from consensus.privacy_calibration import gaussian_epsilon, opacus_noise_multiplier
+from consensus.privacy_config import ACCOUNTANTS, PrivacyConfig
+from consensus.privacy_errors import PrivacyBudgetExhausted, PrivacyConfigError
 
 STATE_VERSION = 1
 
 
 class ExchangeAccountant:
-    """Spent epsilon of one node's exchange releases (sensitivity 2C, see privacy.py).
+    """Spent epsilon of one node's exchange releases (sensitivity 2C, see privacy_calibration.py).
 
     Every release to every neighbour counts once, whoever receives it, so the figure holds
     even if all neighbours pool what they received. Releases are kept as (sigma, count)

@@ -16,6 +16,10 @@ from consensus import kernels
 # about once instead of once per pass. On DenseNet-121 (7M parameters, 1 thread) 2**18 and
 # 2**19 were fastest, 2**16 ~10% and the whole model in one chunk ~1.5x slower.
 CHUNK_NUMEL = 1 << 18
+# Below this mean parameter size (elements) a chunk's gradient term is one foreach copy and
+# one flat multiply-add instead of one call per parameter: the extra pass over a cached chunk
+# costs less than a Python call per small tensor (a compact network's 49 tensors of ~900).
+SMALL_PARAM_NUMEL = 4096
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,8 @@ class _Chunk:
     duals: tuple[Tensor, ...]  # z_ij, one slice per peer
     outgoing: tuple[Tensor, ...]  # y_ij, one slice per peer
     mean_received: Tensor | None  # wbar_i (eq. 7), kept only when rho > 0
+    flat_params: Tensor | None  # the live parameters as one flat slice, when they are one
+    small_params: bool  # many small tensors: gradient term as foreach copy + flat add
 
 
 class _Layout:
@@ -91,6 +97,25 @@ class _Layout:
         return self.spans[names[0]][1], self.spans[names[-1]][2]
 
 
+def _flat_view(tensors: Sequence[Tensor]) -> Tensor | None:
+    """One flat tensor over `tensors` when they lie back to back in one storage, else None.
+
+    Parameters of a `ModelStack` do (one flat buffer per model); a module's own parameters
+    usually do not, and then the primal step copies its result into them tensor by tensor.
+    """
+    first = tensors[0]
+    position = first.storage_offset()
+    for tensor in tensors:
+        if (
+            not tensor.is_contiguous()
+            or tensor.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
+            or tensor.storage_offset() != position
+        ):
+            return None
+        position += tensor.numel()
+    return first.detach().as_strided((position - first.storage_offset(),), (1,))
+
+
 class FlatState:
     """z_ij, y_ij and received models of one ECL node, and their updates (eqs. 5 and 7-10).
 
@@ -109,8 +134,10 @@ class FlatState:
         factors: Mapping[str, float],
         keep_received: bool,
         chunk_numel: int = CHUNK_NUMEL,
+        fused: bool = True,
     ) -> None:
         self.params = dict(params)
+        self.fused = fused  # False: the pass-per-term reference path (tests, benchmarks)
         self.edges = dict(edges)  # peer -> (A_ij, e_ij), in the node's peer order
         self._signs = [sign for sign, _ in self.edges.values()]
         self._layout = _Layout(self.params, factors)
@@ -160,6 +187,8 @@ class FlatState:
                     mean_received=None
                     if self._flat_mean is None
                     else self._flat_mean[block][start:stop],
+                    flat_params=_flat_view([self.params[name] for name in names]),
+                    small_params=(stop - start) < SMALL_PARAM_NUMEL * len(names),
                 )
             )
         return chunks
@@ -177,29 +206,56 @@ class FlatState:
         """Eq. 5 into the live parameters, then eq. 8 into the outgoing duals.
 
         c_ij = consensus * s_p * e_ij (eq. 6); the rho term only once a model was received.
-        The same roundings as kernels.ecl_primal_update on the dicts.
+        The same roundings as kernels.ecl_primal_update on the dicts, bit for bit, on either
+        path: `fused` (default) makes fewer passes over memory and fewer calls, the
+        reference path (`fused=False`) one kernel call per term, as the equations read.
         """
         proximity = rho if self.received else 0.0
         for chunk in self._chunks:
-            # per tensor (params and grads are not flat), one fused op each; the rest is flat
-            for new, param, name in zip(chunk.new_views, chunk.params, chunk.names, strict=True):
-                grad = grads[name]
-                if weight_decay != 0:
-                    grad = kernels.add_weight_decay_into(
-                        new, grad, param, weight_decay=weight_decay
-                    )
-                kernels.ecl_gradient_term_into(new, param, grad, mu=mu)
             eta = consensus * chunk.factor
-            kernels.ecl_consensus_terms_(
-                chunk.new,
-                chunk.duals,
-                mu=mu,
-                weights=[(eta * edge_weight, sign) for sign, edge_weight in self.edges.values()],
-                rho=proximity,
-                mean_received=chunk.mean_received,
+            weights = [(eta * edge_weight, sign) for sign, edge_weight in self.edges.values()]
+            terms = {"mu": mu, "weights": weights, "rho": proximity}
+            if not self.fused or chunk.flat_params is None:
+                self._reference_chunk(chunk, grads, mu=mu, weight_decay=weight_decay)
+                kernels.ecl_consensus_terms_(
+                    chunk.new, chunk.duals, mean_received=chunk.mean_received, **terms
+                )
+                torch._foreach_copy_(chunk.params, chunk.new_views)
+                self._outgoing_duals(chunk, chunk.new)
+                continue
+            self._gradient_term(chunk, grads, mu=mu, weight_decay=weight_decay)
+            denominator = kernels.ecl_consensus_sum_(
+                chunk.new, chunk.duals, mean_received=chunk.mean_received, **terms
             )
-            torch._foreach_copy_(chunk.params, chunk.new_views)
-            self._outgoing_duals(chunk, chunk.new)
+            # one pass: the quotient lands in the parameters, the copy pass is gone
+            torch.div(chunk.new, -denominator, out=chunk.flat_params)
+            self._outgoing_duals(chunk, chunk.flat_params)
+
+    def _reference_chunk(
+        self, chunk: _Chunk, grads: Mapping[str, Tensor], *, mu: float, weight_decay: float
+    ) -> None:
+        """g (+ decay w) - mu w into the chunk's scratch, one call per parameter."""
+        for new, param, name in zip(chunk.new_views, chunk.params, chunk.names, strict=True):
+            grad = grads[name]
+            if weight_decay != 0:
+                grad = kernels.add_weight_decay_into(new, grad, param, weight_decay=weight_decay)
+            kernels.ecl_gradient_term_into(new, param, grad, mu=mu)
+
+    def _gradient_term(
+        self, chunk: _Chunk, grads: Mapping[str, Tensor], *, mu: float, weight_decay: float
+    ) -> None:
+        """As `_reference_chunk` (same roundings), in two flat calls for many small tensors."""
+        if not chunk.small_params:
+            self._reference_chunk(chunk, grads, mu=mu, weight_decay=weight_decay)
+            return
+        flat_w = chunk.flat_params
+        chunk_grads = [grads[name] for name in chunk.names]
+        if weight_decay != 0:  # (w * decay) + g, rounded twice as add_weight_decay_into
+            torch.mul(flat_w, weight_decay, out=chunk.new)
+            torch._foreach_add_(list(chunk.new_views), chunk_grads)
+        else:
+            torch._foreach_copy_(list(chunk.new_views), chunk_grads)
+        chunk.new.add_(flat_w, alpha=-mu)  # = torch.add(g, w, alpha=-mu): same kernel
 
     @torch.no_grad()
     def refresh_outgoing(self) -> None:

@@ -1,4 +1,4 @@
-"""Pure update rules of ECL-PDMM/ADMM, gossip SGD and FedAvg (docs/algorithm.md eqs. 3-12).
+"""Pure update rules of ECL, gossip SGD, FedAvg, momentum, tracking (docs/algorithm.md eqs. 3-27).
 
 Symbols follow docs/algorithm.md and are used only in this module:
   mu    inverse step size, 1 / learning_rate            (eq. 5)
@@ -8,6 +8,8 @@ Symbols follow docs/algorithm.md and are used only in this module:
   A_ij  edge sign, +1 if i precedes j in the node order  (eq. 3)
   theta ADMM relaxation                                  (eq. 10)
   z_ij  dual held by i for edge (i, j); y_ij its outgoing dual (eq. 8)
+  b     heavy-ball momentum                              (eq. 24)
+  t_i   gradient tracker of node i (DSGT's y_i)         (eqs. 25-27)
 Each rule comes in up to three forms that compute the same numbers with the same roundings:
 - on {name: Tensor} dicts: returns new tensors, never modifies its arguments;
 - `*_into(out, ...)`: one elementwise update written into `out` (None allocates). The tensor
@@ -155,6 +157,25 @@ def ecl_consensus_terms_(
     Subtracts sum_j c_ij A_ij z_ij (and rho wbar_i), then divides by -(mu + sum_j c_ij
     [+ rho]); `weights[j]` = (c_ij, A_ij) of `duals[j]`.
     """
+    denominator = ecl_consensus_sum_(
+        negated, duals, mu=mu, weights=weights, rho=rho, mean_received=mean_received
+    )
+    return negated.div_(-denominator)
+
+
+def ecl_consensus_sum_(
+    negated: Tensor,
+    duals: TensorList,
+    *,
+    mu: float,
+    weights: Sequence[tuple[float, float]],
+    rho: float = 0.0,
+    mean_received: Tensor | None = None,
+) -> float:
+    """Eq. 5's numerator, negated, in place; returns its denominator mu + sum_j c_ij [+ rho].
+
+    The new w is `negated / -denominator`: the caller divides, into w directly if it can.
+    """
     denominator = mu
     for dual, (c_ij, sign) in zip(duals, weights, strict=True):
         negated.add_(dual, alpha=-c_ij * sign)
@@ -162,7 +183,7 @@ def ecl_consensus_terms_(
     if rho > 0 and mean_received is not None:
         negated.add_(mean_received, alpha=-rho)
         denominator += rho
-    return negated.div_(-denominator)
+    return denominator
 
 
 def mean_into(out: Tensor | None, tensors: TensorList) -> Tensor:
@@ -227,6 +248,43 @@ def sgd_update(
 def sgd_update_(params: TensorList, grads: TensorList, *, learning_rate: float) -> None:
     """Eq. 11's local step in place: every w <- w - learning_rate * g."""
     torch._foreach_add_(list(params), list(grads), alpha=-learning_rate)
+
+
+def heavy_ball_(buffers: TensorList, grads: TensorList, *, momentum: float) -> None:
+    """Eq. 24 in place: every m <- momentum * m + g (torch.optim.SGD's rule, dampening 0)."""
+    buffers = list(buffers)
+    torch._foreach_mul_(buffers, momentum)
+    torch._foreach_add_(buffers, list(grads))
+
+
+def track_(trackers: TensorList, directions: TensorList, previous: TensorList) -> None:
+    """Eq. 25's tracking in place: t <- t + d - d_prev, then d_prev <- d.
+
+    d is the gradient (or the momentum, eq. 27), so sum_i t_i follows sum_i d_i (eq. 26).
+    """
+    trackers, previous = list(trackers), list(previous)
+    torch._foreach_add_(trackers, list(directions))
+    torch._foreach_sub_(trackers, previous)
+    torch._foreach_copy_(previous, list(directions))
+
+
+def give_half_(trackers: TensorList, given: TensorList) -> None:
+    """Eq. 26a in place: half of t leaves for the peer; its running total given grows by it."""
+    trackers = list(trackers)
+    torch._foreach_mul_(trackers, 0.5)
+    torch._foreach_add_(list(given), trackers)
+
+
+def take_given_(trackers: TensorList, received: TensorList, peer_given: TensorList) -> None:
+    """Eq. 26b in place: t += (peer's running total given) - (what was already taken of it).
+
+    Running totals make a lost, late, repeated or replayed-from-a-restart message move no
+    tracker mass twice and lose none: the next message that arrives carries what is owed.
+    """
+    received, peer_given = list(received), list(peer_given)
+    # the difference first: both totals may be large, what is owed is small
+    torch._foreach_add_(list(trackers), torch._foreach_sub(peer_given, received))
+    torch._foreach_copy_(received, peer_given)
 
 
 def pairwise_average(params: Mapping[str, Tensor], received: Mapping[str, Tensor]) -> TensorDict:

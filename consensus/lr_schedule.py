@@ -31,6 +31,11 @@ def learning_rate_at(step: int, config: ConsensusConfig) -> float:
     """The learning rate of local step `step` (0-based): schedule after warm-up, times warm-up."""
     after_warmup = max(step - config.warmup_steps, 0)
     if config.lr_schedule == "cosine":
+        if config.schedule_steps < 1:
+            raise ValueError(
+                "lr_schedule='cosine' needs schedule_steps >= 1 (the length of the decay); "
+                "the simulation and nodes fill it from their step budget"
+            )
         rate = cosine_learning_rate(
             after_warmup,
             peak=config.learning_rate,
@@ -62,21 +67,35 @@ class StepWeights:
     proximity: float
 
 
-def step_weights(step: int, config: ConsensusConfig) -> StepWeights:
-    """mu = 1 / lr(step), eta = consensus_weight * mu, rho = proximity_weight * mu (eq. 5).
+def isvr_consensus_weight(local_steps: float) -> float:
+    """eta / mu of ECL-ISVR (eq. 22): 1 / (K - 1) with K = max(local_steps, 2).
 
-    With `matched_step`, mu = 1 / (lr (1 + consensus_weight)): the gradient's step 1 / (mu +
-    eta) is then lr, the step the SGD-based methods take.
+    With edge weights 1 / |N_i| this is the published c = 1 / (s |N_i| (K - 1)). K = 1 would
+    make c infinite (w <- the mean of the duals, no gradient at all); K is held at 2 below
+    that, the choice docs/algorithm.md sec. 10.2 measured against the alternatives.
+    """
+    return 1.0 / (max(float(local_steps), 2.0) - 1.0)
+
+
+def step_weights(step: int, config: ConsensusConfig) -> StepWeights:
+    """mu = 1 / lr(step), eta = kappa * mu, rho = proximity_weight * mu (eq. 5).
+
+    kappa is `consensus_weight`, or for ECL-ISVR 1 / (K - 1) (eq. 22). With `matched_step`,
+    mu = 1 / (lr (1 + kappa)): the gradient's step 1 / (mu + eta) is then lr, the step the
+    SGD-based methods take.
     """
     rate = learning_rate_at(step, config)
     if rate <= 0:
         raise ValueError(
             f"learning rate at step {step} is {rate}; ECL needs lr > 0: raise min_learning_rate"
         )
-    inverse = 1.0 / (rate * (1.0 + config.consensus_weight)) if config.matched_step else 1.0 / rate
+    kappa = config.consensus_weight
+    if config.is_isvr:
+        kappa = isvr_consensus_weight(config.isvr_local_steps)
+    inverse = 1.0 / (rate * (1.0 + kappa)) if config.matched_step else 1.0 / rate
     return StepWeights(
         learning_rate=rate,
         inverse_step_size=inverse,
-        consensus=config.consensus_weight * inverse,
+        consensus=kappa * inverse,
         proximity=config.proximity_weight * inverse,
     )

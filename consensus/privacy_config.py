@@ -5,6 +5,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from consensus.privacy_errors import PrivacyConfigError
+
+__all__ = [
+    "ACCOUNTANTS",
+    "MODES",
+    "PrivacyConfig",
+    "PrivacyConfigError",
+    "default_delta",
+    "is_positive",
+]
+
 MODES = ("off", "exchange", "dpsgd")
 ACCOUNTANTS = ("rdp", "prv")
 
@@ -14,10 +25,6 @@ _PLAN_NEEDED = (
 )
 
 
-class PrivacyConfigError(ValueError):
-    """A privacy setting that cannot give a true guarantee; the message says what to change."""
-
-
 @dataclass(frozen=True)
 class PrivacyConfig:
     """What is protected and how much noise. See docs/privacy.md for the meaning of each field.
@@ -25,7 +32,8 @@ class PrivacyConfig:
     mode: "off" | "exchange" (noise on every model release to a neighbour; the unit protected
     is the site's whole data set) | "dpsgd" (record-level DP-SGD with Opacus).
     Give either `noise_multiplier` (sigma: noise std = sigma * clip_norm) or `target_epsilon`
-    (exchange: with `planned_releases`; dpsgd: with the training epochs).
+    (exchange: with `planned_releases`; dpsgd: over `planned_epochs` passes over the site's
+    training records, or else over the configured number of training steps).
     """
 
     mode: str = "off"
@@ -36,6 +44,7 @@ class PrivacyConfig:
     delta: float | None = None
     accountant: str = "rdp"
     epsilon_budget: float | None = None
+    planned_epochs: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -75,6 +84,16 @@ class PrivacyConfig:
             )
         if self.delta is not None and not 0 < self.delta < 1:
             raise PrivacyConfigError(f"delta must lie in (0, 1), got {self.delta}")
+        exchange = self.mode == "exchange"
+        if self.planned_epochs is not None and (exchange or not self.planned_epochs > 0):
+            raise PrivacyConfigError(
+                "planned_epochs is for mode 'dpsgd' and must be > 0 (exchange takes "
+                f"planned_releases); got {self.planned_epochs} with mode {self.mode!r}"
+            )
+        if self.planned_releases is not None and not exchange:
+            raise PrivacyConfigError(
+                "planned_releases is for mode 'exchange'; dpsgd takes planned_epochs"
+            )
         if self.epsilon_budget is not None:
             if self.mode != "exchange":
                 raise PrivacyConfigError(
@@ -105,7 +124,8 @@ class PrivacyConfig:
             return float(self.noise_multiplier)
         if self.planned_releases is None:
             raise PrivacyConfigError(_PLAN_NEEDED)
-        from consensus.privacy import calibrate_noise_multiplier  # imports Opacus
+        # imported here: it loads Opacus, which `hospital-node status` must not wait for
+        from consensus.privacy_calibration import calibrate_noise_multiplier
 
         return calibrate_noise_multiplier(
             target_epsilon=float(self.target_epsilon),

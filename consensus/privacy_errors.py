@@ -1,6 +1,10 @@
-"""Privacy errors that transports catch; kept free of heavy imports (no Opacus)."""
+"""Privacy errors shared by the config, the calibration and the transports (no heavy imports)."""
 
 from __future__ import annotations
+
+
+class PrivacyConfigError(ValueError):
+    """A privacy setting that cannot give a true guarantee; the message says what to change."""
 
 
 class PrivacyBudgetExhausted(RuntimeError):

@@ -9,7 +9,9 @@ import torch
 from torch import Tensor
 
 from consensus.accounting import ExchangeAccountant
-from consensus.privacy import PrivacyConfig, PrivacyConfigError, gaussian_release
+from consensus.privacy import gaussian_release
+from consensus.privacy_config import PrivacyConfig
+from consensus.privacy_errors import PrivacyConfigError
 
 STATE_VERSION = 1
 

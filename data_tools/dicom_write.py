@@ -1,6 +1,6 @@
 """Write phantom images as DICOM radiographs with per-hospital acquisition profiles and UIDs.
 
-Pixel mapping (the reader, hospital_node.data, inverts exactly this). With phantom intensity
+Pixel mapping (the reader, hospital_node.data.site, inverts exactly this). With phantom intensity
 v in [0, 1] (1 = radio-dense), B = (0028,0101) Bits Stored and M = 2**B - 1:
 
 1. q = round(v * M) (quantisation to Bits Stored, unsigned, (0028,0103) Pixel Representation 0).

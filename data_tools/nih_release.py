@@ -259,7 +259,7 @@ class Release:
     folders: tuple[Path, ...]
 
 
-def _limit_patients(images: list[NihImage], limit: int | None) -> list[NihImage]:
+def limit_patients(images: list[NihImage], limit: int | None) -> list[NihImage]:
     """Whole patients in table order while the image count stays <= limit (>= 1 patient)."""
     if limit is None:
         return images
@@ -300,7 +300,7 @@ def load_release(
         logger.warning("%d of %d table images have no PNG; skipped", missing, len(table.images))
     return Release(
         table_name=table.source,
-        images=tuple(_limit_patients(present, limit)),
+        images=tuple(limit_patients(present, limit)),
         png_paths=index.paths,
         lists=read_official_lists(nih_dir),
         table_rows=len(table.images),

@@ -8,7 +8,14 @@ from functools import lru_cache
 import numpy as np
 
 from data_tools.labels import FINDINGS, NUM_FINDINGS
-from data_tools.phantom_findings import Scene, draw_finding, modify_anatomy, smooth_noise, soft_mask
+from data_tools.phantom_findings import (
+    Anatomy,
+    Scene,
+    draw_finding,
+    modify_anatomy,
+    smooth_noise,
+    soft_mask,
+)
 
 # Intensity convention everywhere: float in [0, 1], 1 = bright = radio-dense (bone, fluid, soft
 # tissue), 0 = air, as a MONOCHROME2 display shows it. Coordinates are normalised: x, y in
@@ -50,45 +57,6 @@ class PhantomConfig:
     def jitter(self) -> float:
         """Multiplier on anatomical and lesion-size variability."""
         return 0.5 + self.difficulty
-
-
-@dataclass(frozen=True)
-class Anatomy:
-    """One patient's chest geometry (normalised coordinates); shared by a patient's images."""
-
-    body_half_width: float
-    lung_offset: float  # |x| of each lung's centre
-    lung_half_width: float
-    lung_top: float  # y of the apices
-    diaphragm: tuple[float, float]  # lateral base y of the domes: (image-left, image-right) lung
-    dome_height: float
-    heart_center: tuple[float, float]
-    heart_half_size: tuple[float, float]  # (half width, half height)
-    tilt: float  # radians, patient rotation in the image plane
-    rib_spacing: float
-    rib_phase: float
-    exposure: float  # global brightness offset
-    texture_seed: int
-    collapsed_side: int = 0  # set by atelectasis: image side (-1 / +1) of the volume loss
-    dome_lift: tuple[float, float] = (0.0, 0.0)  # domes raised by volume loss, per side
-
-    def lung_ellipse(self, side: int) -> tuple[float, float, float, float]:
-        """(cx, cy, half width, half height) of the lung on image side -1 (left) or +1 (right)."""
-        base = self.diaphragm[0 if side < 0 else 1]
-        half_height = (base + 0.12 - self.lung_top) / 2.0
-        return (
-            side * self.lung_offset,
-            self.lung_top + half_height,
-            self.lung_half_width,
-            half_height,
-        )
-
-    def dome(self, x: np.ndarray, side: int) -> np.ndarray:
-        """y of the diaphragm dome under the lung on `side` (highest at the lung's centre)."""
-        cx, _, lw, _ = self.lung_ellipse(side)
-        k = 0 if side < 0 else 1
-        bulge = np.clip(1.0 - ((x - cx) / (1.1 * lw)) ** 2, 0.0, None)
-        return self.diaphragm[k] - self.dome_lift[k] - self.dome_height * bulge
 
 
 def sample_anatomy(rng: np.random.Generator, config: PhantomConfig) -> Anatomy:

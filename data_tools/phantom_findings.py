@@ -5,12 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from data_tools.phantom import Anatomy
 
 # Base intensity changes at lesion_contrast 1.0 (PhantomConfig scales them); set with
 # benchmarks/calibrate_phantom.py so that every finding is learnable at the default difficulty.
@@ -50,6 +46,45 @@ def smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
 def soft_mask(signed_distance: np.ndarray, softness: float) -> np.ndarray:
     """0..1 mask that is 1 where `signed_distance` < 0, with a linear edge `softness` wide."""
     return np.clip(0.5 - signed_distance / softness, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """One patient's chest geometry (normalised coordinates); shared by a patient's images."""
+
+    body_half_width: float
+    lung_offset: float  # |x| of each lung's centre
+    lung_half_width: float
+    lung_top: float  # y of the apices
+    diaphragm: tuple[float, float]  # lateral base y of the domes: (image-left, image-right) lung
+    dome_height: float
+    heart_center: tuple[float, float]
+    heart_half_size: tuple[float, float]  # (half width, half height)
+    tilt: float  # radians, patient rotation in the image plane
+    rib_spacing: float
+    rib_phase: float
+    exposure: float  # global brightness offset
+    texture_seed: int
+    collapsed_side: int = 0  # set by atelectasis: image side (-1 / +1) of the volume loss
+    dome_lift: tuple[float, float] = (0.0, 0.0)  # domes raised by volume loss, per side
+
+    def lung_ellipse(self, side: int) -> tuple[float, float, float, float]:
+        """(cx, cy, half width, half height) of the lung on image side -1 (left) or +1 (right)."""
+        base = self.diaphragm[0 if side < 0 else 1]
+        half_height = (base + 0.12 - self.lung_top) / 2.0
+        return (
+            side * self.lung_offset,
+            self.lung_top + half_height,
+            self.lung_half_width,
+            half_height,
+        )
+
+    def dome(self, x: np.ndarray, side: int) -> np.ndarray:
+        """y of the diaphragm dome under the lung on `side` (highest at the lung's centre)."""
+        cx, _, lw, _ = self.lung_ellipse(side)
+        k = 0 if side < 0 else 1
+        bulge = np.clip(1.0 - ((x - cx) / (1.1 * lw)) ** 2, 0.0, None)
+        return self.diaphragm[k] - self.dome_lift[k] - self.dome_height * bulge
 
 
 @dataclass

@@ -267,11 +267,15 @@ def assign_absent_findings(
 
 
 def plan_site_mixes(
-    n_sites: int, missing_per_site: int, config: PrevalenceConfig, rng: np.random.Generator
+    n_sites: int,
+    missing_per_site: int,
+    config: PrevalenceConfig,
+    rng: np.random.Generator,
+    min_sites_present: int = 3,
 ) -> list[SiteMix]:
     """Per-site disease mix: absent findings plus NIH prevalences times a log-normal site factor
     (sd `config.mix_spread`), clipped to [floor, ceiling]."""
-    absent = assign_absent_findings(n_sites, missing_per_site, rng)
+    absent = assign_absent_findings(n_sites, missing_per_site, rng, min_sites_present)
     base = nih_prevalence()
     mixes = []
     for site_absent in absent:

@@ -71,6 +71,7 @@ class SynthConfig:
     difficulty: float = 0.5  # 0 easy .. 1 hard (PhantomConfig)
     seed: int = 0
     missing_per_site: int = 5  # findings absent at each hospital
+    min_sites_present: int = 3  # every finding is present at this many hospitals at least
     follow_up_fraction: float = 0.15  # share of patients with a second image
     size_spread: float = 0.4  # sd of log site size
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)  # train / val / test, by patient
@@ -123,7 +124,9 @@ def site_profile(base: AcquisitionProfile, name: str, size: int) -> AcquisitionP
 def plan_sites(config: SynthConfig) -> list[SitePlan]:
     """Hospital sizes (log-normal around per_site), disease mixes, profiles; then the test set."""
     rng = np.random.default_rng([config.seed, 0])
-    mixes = plan_site_mixes(config.sites, config.missing_per_site, config.prevalence, rng)
+    mixes = plan_site_mixes(
+        config.sites, config.missing_per_site, config.prevalence, rng, config.min_sites_present
+    )
     weights = np.exp(rng.normal(0.0, config.size_spread, config.sites))
     sizes = np.maximum(3, np.round(weights / weights.sum() * config.sites * config.per_site))
     plans = []

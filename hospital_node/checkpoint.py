@@ -16,6 +16,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from hospital_node.diskerrors import disk_hint
+
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^ckpt-(\d{12})\.safetensors$")
@@ -25,6 +27,11 @@ VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that is partial, corrupt or of another format."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, file-size limit, I/O error); nothing
+    half-written was left behind and the earlier checkpoints are intact."""
 
 
 def flatten_state(prefix: str, state: Mapping[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
@@ -75,9 +82,9 @@ def _fsync_dir(directory: Path) -> None:
 def save_checkpoint(directory: Path, step: int, state: Mapping[str, Any], *, keep: int = 3) -> Path:
     """Write `state` as DIR/ckpt-<step>.safetensors atomically (temp, fsync, rename, fsync dir).
 
-    A crash at any moment leaves either the previous checkpoints or the new complete one.
+    A crash at any moment leaves either the previous checkpoints or the new complete one; a
+    write that fails (CheckpointWriteError, e.g. a full disk) removes its temp file.
     """
-    directory.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     meta = flatten_state("state", state, tensors)
     header = {
@@ -90,12 +97,23 @@ def save_checkpoint(directory: Path, step: int, state: Mapping[str, Any], *, kee
     payload = st_save(tensors, metadata=header)
     final = directory / f"ckpt-{step:012d}.safetensors"
     tmp = directory / f".{final.name}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    _fsync_dir(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(directory)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)  # never leave a half-written file behind
+        kept = list_checkpoints(directory)
+        newest = f"the newest complete one ({kept[-1].name}) is intact" if kept else "none yet"
+        raise CheckpointWriteError(
+            exc.errno,
+            f"cannot write checkpoint {final.name} in {directory}: {exc.strerror or exc}; "
+            f"nothing half-written was left, {newest}; {disk_hint(exc)}",
+        ) from exc
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
     return final

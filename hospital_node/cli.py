@@ -1,4 +1,4 @@
-"""`hospital-node`: provision a network, run one hospital's node, show its status."""
+"""`hospital-node`: provision a network, run one hospital's node, show its status, repair it."""
 
 from __future__ import annotations
 
@@ -16,12 +16,21 @@ from typing import Any
 
 from consensus.transport.tls import TlsConfigError
 from hospital_node.configio import ConfigError, deep_merge, parse_overrides
-from hospital_node.network import NetworkError, load_network
-from hospital_node.node_config import NodeConfigError, load_node_config
-from hospital_node.node_state import NodeStateError
-from hospital_node.node_status import collect_status, format_status
-from hospital_node.pki import PkiError
-from hospital_node.provision import LEAF_VALID_DAYS, ProvisionError, provision, renew
+from hospital_node.node.config import NodeConfigError, load_node_config
+from hospital_node.node.state import NodeStateError
+from hospital_node.node.status import collect_status, format_status
+from hospital_node.privacy.flags import add_privacy_arguments, privacy_overrides
+from hospital_node.provisioning.network import NetworkError, load_network
+from hospital_node.provisioning.pki import PkiError
+from hospital_node.provisioning.provision import (
+    LEAF_VALID_DAYS,
+    ProvisionError,
+    provision,
+    refresh_revocations,
+    renew,
+    revoke,
+)
+from hospital_node.provisioning.revocation import REASONS
 
 log = logging.getLogger("hospital_node")
 
@@ -33,6 +42,8 @@ examples:
   hospital-node run --config bundles/N1/node.toml --set exchange.mean_interval_s=5
   hospital-node run --config bundles/N1/node.toml --dp dpsgd --noise-multiplier 1.1 --clip 1
   hospital-node status --config bundles/N1/node.toml --json
+  hospital-node revoke N2 --out bundles/          (coordinator: then hand out crl.pem)
+  hospital-node reset-edge --config bundles/N1/node.toml --peer N2   (node stopped)
 
 Exit status: 0 ok; 1 the node failed while running; 2 bad configuration or input;
 3 (status only) the node is not running or not healthy.
@@ -50,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_provisioning(sub)
     _add_run_and_status(sub)
+    _add_repairs(sub)
     return parser
 
 
@@ -114,38 +126,39 @@ def _add_run_and_status(sub: argparse._SubParsersAction) -> None:
         help="stop (run status 'finished') once the node's step count reaches N",
     )
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
-    _add_privacy_flags(run)
+    add_privacy_arguments(run)
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.add_argument("--timeout", type=float, default=3.0, help="health check timeout (s)")
 
 
-def _add_privacy_flags(run: argparse.ArgumentParser) -> None:
-    """--dp, --epsilon | --noise-multiplier, --clip: override node.toml's [privacy] table."""
-    group = run.add_argument_group("differential privacy (docs/privacy.md; overrides [privacy])")
-    group.add_argument("--dp", choices=("off", "exchange", "dpsgd"), help="privacy mode")
-    noise = group.add_mutually_exclusive_group()
-    noise.add_argument(
-        "--epsilon",
-        type=float,
-        metavar="E",
-        help="target epsilon (needs planned_releases or planned_epochs)",
+def _add_repairs(sub: argparse._SubParsersAction) -> None:
+    rev = sub.add_parser(
+        "revoke",
+        help="revoke a hospital's certificates (coordinator, needs the CA key)",
+        description="Add every certificate issued to NAME (or the given serials) to the "
+        "network's revocation list, signed with the CA key, and write it to OUT/_ca/crl.pem and "
+        "every bundle's crl.pem. Hand each hospital its new crl.pem (public and signed: any "
+        "channel will do): nodes re-read it within a call and refuse NAME from then on.",
     )
-    noise.add_argument("--noise-multiplier", type=float, metavar="S", help="noise multiplier")
-    group.add_argument("--clip", type=float, metavar="C", help="clip norm")  # fmt: skip
-
-
-def privacy_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The [privacy] entries the flags set; --epsilon and --noise-multiplier clear each other."""
-    privacy: dict[str, Any] = {}
-    if args.dp is not None:
-        privacy["mode"] = args.dp
-    if args.epsilon is not None:
-        privacy |= {"target_epsilon": args.epsilon, "noise_multiplier": None}
-    if args.noise_multiplier is not None:
-        privacy |= {"noise_multiplier": args.noise_multiplier, "target_epsilon": None}
-    if args.clip is not None:
-        privacy["clip_norm"] = args.clip
-    return {"privacy": privacy} if privacy else {}
+    rev.add_argument("hospital", nargs="?", help="the hospital whose certificates to revoke")
+    rev.add_argument("--out", type=Path, required=True, help="folder of _ca/ and bundles")
+    rev.add_argument("--reason", default="key-compromise", choices=sorted(REASONS))
+    rev.add_argument(
+        "--serial", action="append", metavar="HEX", help="revoke only this serial (repeatable)"
+    )
+    rev.add_argument(
+        "--refresh", action="store_true", help="only re-sign the list with a new expiry date"
+    )
+    reset = sub.add_parser(
+        "reset-edge",
+        help="forget a neighbour's sequence numbers (stopped node only)",
+        description="On a STOPPED node: forget the last sequence numbers accepted from PEER, "
+        "in every checkpoint, so its next message is taken again (after `refused ...: stale` or "
+        "`sequence_jump` that a restart does not cure). Refused while the node runs.",
+    )
+    reset.add_argument("--config", type=Path, required=True, help="the bundle's node.toml")
+    reset.add_argument("--peer", required=True, help="the neighbour's name")
+    reset.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
 
 
 def _provision(args: argparse.Namespace) -> int:
@@ -159,14 +172,60 @@ def _provision(args: argparse.Namespace) -> int:
     return 0
 
 
+def _revoke(args: argparse.Namespace) -> int:
+    if args.refresh:
+        for path in refresh_revocations(args.out):
+            print(path)
+        return 0
+    if not args.hospital:
+        raise ProvisionError("name the hospital to revoke (or use --refresh)")
+    try:
+        serials = [int(s, 16) for s in args.serial] if args.serial else None
+    except ValueError as exc:
+        raise ProvisionError(f"--serial takes hexadecimal serial numbers: {exc}") from exc
+    done = revoke(args.out, args.hospital, serials=serials, reason=args.reason)
+    print(
+        f"revoked {len(done.serials)} certificate(s) of {done.hospital} "
+        f"({', '.join(f'{s:x}' for s in done.serials)}); revocation list number {done.number}:"
+    )
+    for path in done.written:
+        print(path)
+    print("hand every hospital its new crl.pem (nodes re-read it, no restart); "
+          f"then `renew` {done.hospital} if it stays in the network")  # fmt: skip
+    return 0
+
+
+def _reset_edge(args: argparse.Namespace) -> int:
+    from hospital_node.node.maintenance import reset_edge  # imports torch: only here
+
+    config = load_node_config(args.config, parse_overrides(args.set))
+    try:
+        resets = reset_edge(config, args.peer)
+    except NodeStateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for reset in resets:
+        print(f"{reset.checkpoint}: forgot {args.peer}'s last sequence "
+              f"{reset.swap_sequence} (swap), {reset.model_sequence} (model)")  # fmt: skip
+    if not resets:
+        print(f"no checkpoint held a sequence number of {args.peer}: nothing to reset")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     # torch, MONAI and pydicom load only for `run`: `status` stays quick.
-    from hospital_node.data import SiteDataError
-    from hospital_node.node import HospitalNode, NodeError
-    from hospital_node.store import StoreError
+    from hospital_node.data.site import SiteDataError
+    from hospital_node.devices import DeviceError, resolve_device
+    from hospital_node.node.runtime import HospitalNode, NodeError
+    from hospital_node.store.writer import StoreError
 
     overrides = deep_merge(parse_overrides(args.set), privacy_overrides(args))
     config = load_node_config(args.config, overrides)
+    try:  # before the site is read: a node asked for a GPU it lacks stops at once
+        resolve_device(config.training.device, precision=config.training.precision)
+    except DeviceError as exc:
+        log.error("%s: %s", config.name, exc)
+        return 2
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -218,6 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _provision(args)
         if args.command == "run":
             return _run(args)
+        if args.command == "revoke":
+            return _revoke(args)
+        if args.command == "reset-edge":
+            return _reset_edge(args)
         return _status(args)
     except (NetworkError, ProvisionError, PkiError, NodeConfigError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tomllib
 import types
 import typing
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -57,6 +59,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         ):
             return value.lower() in ("true", "1", "yes", "on")
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is Path:
+        return Path(value).expanduser() if isinstance(value, str | Path) else value
     if tp in (int, float, str):
         try:
             return tp(value)
@@ -140,14 +144,60 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
-def load_config(cls: type[T], path: Path | None, overrides: Mapping[str, Any] | None = None) -> T:
-    """Defaults <- TOML file <- overrides, validated into `cls`."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file {path} does not exist") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    return from_mapping(cls, deep_merge(data, overrides or {}))
+def migrate(
+    data: Mapping[str, Any], moved: Mapping[str, str], *, where: str = "config"
+) -> dict[str, Any]:
+    """Move keys an earlier version kept elsewhere (`moved`: "old.dotted" -> "new.dotted").
+
+    Each move is logged as a warning that names the new place; a key given at both places is
+    an error rather than a guess.
+    """
+    result = deep_merge({}, data)
+    for old, new in moved.items():
+        *parents, leaf = old.split(".")
+        table = result
+        for part in parents:
+            table = table.get(part) if isinstance(table, Mapping) else None
+        if not isinstance(table, dict) or leaf not in table:
+            continue
+        value = table.pop(leaf)
+        *new_parents, new_leaf = new.split(".")
+        target = result
+        for part in new_parents:
+            target = target.setdefault(part, {})
+        if new_leaf in target:
+            raise ConfigError(f"both {old} (old place) and {new} are given; keep {new}")
+        target[new_leaf] = value
+        log.warning("%s: %s has moved to %s; please update the file", where, old, new)
+    return result
+
+
+def read_toml(path: Path, *, what: str = "config file") -> dict[str, Any]:
+    """The tables of a TOML file; the one reader of every TOML the product takes.
+
+    A missing, unreadable or malformed file is a ConfigError that names it and says why.
+    """
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{what} {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from exc
+
+
+def load_config(
+    cls: type[T],
+    path: Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    moved: Mapping[str, str] | None = None,
+) -> T:
+    """Defaults <- TOML file <- overrides, validated into `cls` (old keys moved first)."""
+    data = read_toml(path) if path is not None else {}
+    merged = deep_merge(data, overrides or {})
+    if moved:
+        merged = migrate(merged, moved, where=str(path or cls.__name__))
+    return from_mapping(cls, merged)

@@ -82,7 +82,7 @@ def _read_source(context: AppContext) -> Case | None:
     return load_case(upload.getvalue())
 
 
-def _show_probabilities(table: pd.DataFrame, site: str) -> None:
+def _show_probabilities(table: pd.DataFrame, site: str, test_set: str) -> None:
     st.altair_chart(charts.probability_chart(table), width="stretch")
     shown = pd.DataFrame(
         {
@@ -93,9 +93,10 @@ def _show_probabilities(table: pd.DataFrame, site: str) -> None:
         }
     )
     st.dataframe(shown, hide_index=True, width="stretch", height="content")
+    where = "the common test set" if test_set == "common" else f"{site}'s own test patients"
     st.caption(
-        f"Operating points: {site}'s thresholds that maximise sensitivity + specificity on the "
-        "common test set; 'above' means the model would call this finding at that threshold."
+        f"Operating points: {site}'s thresholds that maximise sensitivity + specificity on "
+        f"{where}; 'above' means the model would call this finding at that threshold."
     )
 
 
@@ -135,13 +136,17 @@ def render(context: AppContext) -> None:
         context.store_path, context.run_id, method, site, context.version
     )
     probabilities = predict_probabilities(build_classifier(stored), case.image, stored.input_size)
-    curves = data.load_rocs(
-        context.store_path, context.run_id, method, site, "common", context.version
-    )
+    # the common test set's operating points (simulation), else the site's own (a node)
+    for test_set in ("common", "local"):
+        curves = data.load_rocs(
+            context.store_path, context.run_id, method, site, test_set, context.version
+        )
+        if curves:
+            break
     table = probability_table(np.asarray(probabilities), curves)
     _show_case(case, stored, table)
     st.subheader(f"Probabilities of the {site} model ({METHOD_LABELS.get(method, method)})")
-    _show_probabilities(table, site)
+    _show_probabilities(table, site, test_set)
 
 
 if __name__ == "__main__":

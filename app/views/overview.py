@@ -11,7 +11,7 @@ from app.network import edge_table, neighbours, node_table, peer_table
 from app.review import METHOD_LABELS, default_method, method_order, site_order
 from app.settings import AppContext
 from app.shell import STALE_AFTER_S, run_page, seconds_since
-from hospital_node.store_read import RunInfo
+from hospital_node.store.reader import RunInfo
 
 
 def privacy_setting(info: RunInfo) -> str:
@@ -48,8 +48,18 @@ def _run_status(info: RunInfo) -> None:
         st.warning(f"This run ended early ({info.status}); the pages show what it saved.")
 
 
+def run_methods(info: RunInfo) -> list[str]:
+    """The methods a run trains: the simulation lists them, a node runs one ([algorithm])."""
+    methods = info.config.get("methods")
+    if methods:
+        return list(methods)
+    consensus = info.config.get("consensus")
+    method = consensus.get("method") if isinstance(consensus, dict) else None
+    return [str(method)] if method else []
+
+
 def _summary(info: RunInfo, hospitals: list[str]) -> None:
-    methods = info.config.get("methods") or []
+    methods = run_methods(info)
     model = info.config.get("model", {})
     cols = st.columns(4)
     cols[0].metric("Status", info.status)
@@ -69,7 +79,7 @@ def _network(context: AppContext, info: RunInfo, hospitals: list[str]) -> None:
     exchanges = data.load_exchanges(path, run_id, version)
     sites = data.load_sites(path, run_id, version)
     methods = method_order(
-        [m for m in [*info.config.get("methods", []), *status["method"]] if m != "centralized"]
+        [m for m in [*run_methods(info), *status["method"]] if m != "centralized"]
     )
     if not methods:
         st.info("No decentralized method has started yet; the network has no state to show.")
@@ -81,35 +91,50 @@ def _network(context: AppContext, info: RunInfo, hospitals: list[str]) -> None:
         format_func=lambda m: METHOD_LABELS.get(m, m),
         key="overview_method",
     )
-    nodes = node_table(hospitals, method=method, status=status, exchanges=exchanges, sites=sites)
+    own = info.run_id if info.kind == "node" else None
+    nodes = node_table(
+        hospitals, method=method, status=status, exchanges=exchanges, sites=sites, self_site=own
+    )
     edges = edge_table(info.topology.get("edges", []), nodes, exchanges, method)
-    left, right = st.columns(2)
-    with left:
-        st.altair_chart(charts.network_chart(nodes, edges), width="stretch")
-    with right:
-        shown = nodes[["site", "state", "step", "sent", "received", "kilobytes_sent", "rejected"]]
-        st.dataframe(
-            shown.rename(
-                columns={
-                    "site": "Hospital",
-                    "state": "State",
-                    "step": "Last step",
-                    "sent": "Messages sent",
-                    "received": "Messages received",
-                    "kilobytes_sent": "kB sent",
-                    "rejected": "Rejected",
-                }
-            ),
-            hide_index=True,
-            width="stretch",
-            column_config={"kB sent": st.column_config.NumberColumn(format="%.1f")},
+    st.altair_chart(charts.network_chart(nodes, edges), width="content")
+    if own is not None:
+        st.caption(
+            f"The results store of hospital **{own}** (black ring). Its neighbours' states are "
+            f"what {own} has heard of them: *heard* = a message arrived recently, *silent* = "
+            "none for a while, *never_heard*; their step is known only when they share metrics."
         )
-    site = st.selectbox("Exchanges of one hospital with each peer", hospitals, key="overview_site")
+    _node_table(nodes)
+    site = st.selectbox(
+        "Exchanges of one hospital with each peer",
+        hospitals,
+        index=hospitals.index(own) if own in hospitals else 0,  # a node: its own exchanges
+        key="overview_site",
+    )
     peers = neighbours(site, info.topology.get("edges", []))
     if not peers:
         st.caption(f"{site} has no peers in this network.")
         return
     st.dataframe(peer_table(site, peers, exchanges, method), hide_index=True, width="stretch")
+
+
+def _node_table(nodes) -> None:
+    shown = nodes[["site", "state", "step", "sent", "received", "kilobytes_sent", "rejected"]]
+    st.dataframe(
+        shown.rename(
+            columns={
+                "site": "Hospital",
+                "state": "State",
+                "step": "Last step",
+                "sent": "Messages sent",
+                "received": "Messages received",
+                "kilobytes_sent": "kB sent",
+                "rejected": "Rejected",
+            }
+        ),
+        hide_index=True,
+        width="stretch",
+        column_config={"kB sent": st.column_config.NumberColumn(format="%.1f")},
+    )
 
 
 def render(context: AppContext) -> None:

@@ -1,4 +1,10 @@
-"""Per-site AUC review: sites x findings heat map, comparison with references, site drill-down."""
+"""Per-site AUC review: sites x findings heat map, references, network-wide figures, drill-down.
+
+On a simulation's store the rows are the simulated hospitals, scored on the common test set
+(or each on its own). On a hospital node's store the page shows that hospital's own figures,
+on its own held-out test patients, from its newest evaluation with confidence intervals; with
+`[metrics] share = true` also the figures the other sharing hospitals published.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +16,15 @@ from app.review import (
     COMPARISONS,
     METHOD_LABELS,
     default_method,
-    format_auc,
-    format_ci,
     heatmap_frame,
     method_order,
-    site_detail,
-    site_order,
     site_summary,
 )
 from app.settings import AppContext
+from app.shared import shared_heatmap_frame, shared_sources
 from app.shell import run_page
-from data_tools.labels import FINDINGS
+from app.site_detail import render_drill_down
+from app.site_review import TEST_SET_LABELS, review_status
 
 TEST_SET_HELP = (
     "Common: every hospital's model is scored on the same held-out images, so sites compare "
@@ -28,17 +32,8 @@ TEST_SET_HELP = (
 )
 
 
-def _results(context: AppContext, test_set: str) -> tuple[pd.DataFrame, bool]:
-    """(rows, final?): the final evaluation, or the newest interim one while a run trains."""
-    final = data.load_final_auc(context.store_path, context.run_id, test_set, context.version)
-    if not final.empty:
-        return final, True
-    latest = data.load_latest_auc(context.store_path, context.run_id, test_set, context.version)
-    return latest, False
-
-
-def _controls(methods: list[str]) -> tuple[str, str, str]:
-    """(method, test set, comparison) chosen by the user."""
+def _controls(methods: list[str], node: bool) -> tuple[str, str, str]:
+    """(method, test set, comparison) chosen by the user; a node has its own test set only."""
     left, right = st.columns([3, 2], vertical_alignment="bottom")
     method = left.selectbox(
         "Method",
@@ -47,6 +42,8 @@ def _controls(methods: list[str]) -> tuple[str, str, str]:
         format_func=lambda m: METHOD_LABELS.get(m, m),
         key="auc_method",
     )
+    if node:
+        return method, "local", "none"
     local = right.toggle("Local test set", key="auc_local", help=TEST_SET_HELP)
     options = [c for c in COMPARISONS if c == "none" or (c in methods and c != method)]
     compare = st.radio(
@@ -78,90 +75,98 @@ def _means(results: pd.DataFrame, method: str) -> None:
         st.dataframe(table.style.format("{:.3f}", na_rep="n/a"), width="stretch")
 
 
-def _finding_metrics(row: pd.Series, min_positives: int) -> None:
-    total = int(row["n_pos"]) + int(row["n_neg"])
-    prevalence = 100 * row["n_pos"] / total if total else float("nan")
-    cols = st.columns([2, 3, 2])
-    cols[0].metric(
-        "AUC",
-        format_auc(row["auc"], row["n_pos"], min_positives),
-        help="Area under the ROC curve: 0.5 = chance, 1.0 = perfect.",
-    )
-    cols[1].metric("95% CI", format_ci(row["ci_low"], row["ci_high"], row["n_pos"], min_positives))
-    cols[2].metric(
-        "Positives in test set",
-        f"{int(row['n_pos'])} of {total}",
-        help=f"Prevalence {prevalence:.1f} % of the test images.",
-    )
-    if row["note"] != "—":
-        st.warning(row["note"][0].upper() + row["note"][1:])
-
-
-def _drill_down(context: AppContext, frame: pd.DataFrame, method: str, test_set: str) -> None:
-    st.subheader("One site in detail")
-    sites = site_order(frame["site"])
-    left, right = st.columns(2)
-    site = left.selectbox("Site", sites, key="auc_site")
-    rows = (
-        frame[frame["site"] == site].set_index("finding").reindex(FINDINGS).dropna(subset=["n_pos"])
-    )
-    findings = list(rows.index)
-    finding = right.selectbox("Finding", findings, key="auc_finding")
-    rocs = data.load_rocs(
-        context.store_path, context.run_id, method, site, test_set, context.version
-    )
-    row = rows.loc[finding]
-    _finding_metrics(row, context.settings.min_positives)
-    curve = rocs.get(finding)
-    if curve is None:
-        st.info(f"No ROC curve for {finding} at {site}: the test set has no positive image.")
-    else:
-        title = f"{finding} at {site}: AUC {row['auc_text']}"
-        st.altair_chart(charts.roc_chart(curve, title=title), width="stretch")
-        st.caption(
-            f"Red dot: the operating point that maximises sensitivity + specificity "
-            f"(sensitivity {curve.sensitivity:.2f}, specificity {curve.specificity:.2f}); a "
-            "neutral review aid, not a clinical cut-off."
+def _status(shown: pd.DataFrame, node: bool) -> None:
+    """Which evaluation the page shows and which test set it comes from."""
+    step, newest, has_ci = review_status(shown)
+    test_set = str(shown["test_set"].iloc[0])
+    if not node:
+        if not has_ci:
+            st.warning(
+                "No final results yet (the run is still training): showing the newest interim "
+                "evaluation, without confidence intervals."
+            )
+        st.caption(f"Test set: {TEST_SET_LABELS[test_set]}.")
+        return
+    images = int((shown["n_pos"] + shown["n_neg"]).max())
+    st.caption(f"Test set: {TEST_SET_LABELS[test_set]}, {images} images.")
+    if not has_ci:
+        st.warning(
+            f"No evaluation with confidence intervals yet: showing the AUCs of step {step}. "
+            "Intervals come with the node's next full review ([evaluation] ci_every)."
         )
-    detail = site_detail(rows.reset_index(), rocs, min_positives=context.settings.min_positives)
-    st.dataframe(detail, hide_index=True, width="stretch", height="content")
-    if rocs:
-        with st.expander("All ROC curves of this site"):
-            st.altair_chart(charts.roc_grid(rocs), width="content")
+    elif newest > step:
+        st.info(
+            f"Latest full review (95% CIs, ROC, calibration, subgroups): step {step}. The "
+            f"newest AUCs, step {newest}, are in the trend below."
+        )
+    else:
+        st.info(f"Latest full review (95% CIs, ROC, calibration, subgroups): step {step}.")
+
+
+def _network(context: AppContext, own: str) -> None:
+    """What the hospitals that share metrics published (this one included), side by side."""
+    st.subheader("All participating hospitals (shared metrics)")
+    shared = data.load_shared(context.store_path, context.run_id, context.version)
+    if shared.empty:
+        st.info(
+            f"Only {own}'s own figures: {own} does not share metrics, or no other hospital has "
+            "shared yet. Sharing is opt-in: `[metrics] share = true` in node.toml on every "
+            "hospital that takes part (docs/hospital-it.md); only per-finding summaries travel."
+        )
+        return
+    frame = shared_heatmap_frame(shared, min_positives=context.settings.min_positives)
+    origins = list(dict.fromkeys(frame["site"]))
+    st.caption(f"Hospitals in this view: {', '.join(origins)} ({len(origins)} sharing).")
+    st.altair_chart(charts.heatmap_chart(frame, compare="none"), width="stretch")
+    st.caption(
+        "Each hospital's model on **its own** held-out test patients (local test sets differ "
+        "in size and case mix, so these rows are not a ranking). **—** = suppressed by that "
+        "hospital (too few positive test images). Hover a cell for the CI and counts."
+    )
+    st.dataframe(shared_sources(shared, own), hide_index=True, width="stretch", key="shared")
+
+
+def _no_evaluation(node: bool, test_set: str) -> None:
+    if node:
+        st.info(
+            "This hospital's node has not evaluated its model yet. It evaluates on its own "
+            "test split every `[evaluation] every` steps (200 by default); reload later."
+        )
+    else:
+        st.info(
+            f"No evaluation on the {test_set} test set is stored yet. If the run is still "
+            "training, reload in a few minutes; the Training progress page shows what exists."
+        )
 
 
 def render(context: AppContext) -> None:
     """The per-site AUC review page."""
     st.title("Per-site AUC review")
-    st.caption("How well each hospital's model detects each of the 14 findings.")
-    test_set = "local" if st.session_state.get("auc_local") else "common"
-    results, final = _results(context, test_set)
+    info = data.load_run_info(context.store_path, context.run_id, context.version)
+    node = info.kind == "node"
+    who = f"the model at **{info.run_id}**" if node else "each hospital's model"
+    st.caption(f"How well {who} detects each of the 14 findings.")
+    test_set = "local" if node or st.session_state.get("auc_local") else "common"
+    results = data.load_reviewed_auc(context.store_path, context.run_id, test_set, context.version)
     if results.empty:
-        st.info(
-            f"No evaluation on the {test_set} test set is stored yet. If the run is still "
-            "training, reload in a few minutes; the Training progress page shows what exists."
-        )
+        _no_evaluation(node, test_set)
         return
     methods = method_order(results["method"])
-    method, test_set, compare = _controls(methods)
-    if not final:
-        st.warning(
-            "No final results yet (the run is still training): showing the newest interim "
-            "evaluation, without confidence intervals."
-        )
+    method, test_set, compare = _controls(methods, node)
+    shown = results[results["method"] == method]
+    _status(shown, node)
     sites = data.load_sites(context.store_path, context.run_id, context.version)
     frame = heatmap_frame(
-        results,
-        sites,
-        method=method,
-        compare=compare,
-        test_set=test_set,
+        results, sites, method=method, compare=compare, test_set=test_set,
         min_positives=context.settings.min_positives,
-    )
+    )  # fmt: skip
     st.altair_chart(charts.heatmap_chart(frame, compare=compare), width="stretch")
     _legend(context.settings.min_positives)
-    _means(results, method)
-    _drill_down(context, frame, method, test_set)
+    if node:
+        _network(context, info.run_id)
+    else:
+        _means(results, method)
+    render_drill_down(context, frame, method, test_set)
 
 
 if __name__ == "__main__":

@@ -24,21 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"consensus/transport/exchange.proto\x12\x0f\x65\x63l.exchange.v1\"\xb2\x01\n\x06Header\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x0c\n\x04\x65\x64ge\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12)\n\x07purpose\x18\x05 \x01(\x0e\x32\x18.ecl.exchange.v1.Purpose\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04\x12\x0e\n\x06sha256\x18\x07 \x01(\x0c\x12\x10\n\x08withheld\x18\x08 \x01(\x08\"J\n\x05\x43hunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.ecl.exchange.v1.HeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x62ody\".\n\x0cModelRequest\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t*G\n\x07Purpose\x12\x17\n\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x10\n\x0cPURPOSE_SWAP\x10\x01\x12\x11\n\rPURPOSE_MODEL\x10\x02\x32\x96\x01\n\x11\x43onsensusExchange\x12:\n\x04Swap\x12\x16.ecl.exchange.v1.Chunk\x1a\x16.ecl.exchange.v1.Chunk(\x01\x30\x01\x12\x45\n\nFetchModel\x12\x1d.ecl.exchange.v1.ModelRequest\x1a\x16.ecl.exchange.v1.Chunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"consensus/transport/exchange.proto\x12\x0f\x65\x63l.exchange.v1\"\xc1\x01\n\x06Header\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x0c\n\x04\x65\x64ge\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12)\n\x07purpose\x18\x05 \x01(\x0e\x32\x18.ecl.exchange.v1.Purpose\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04\x12\x0e\n\x06sha256\x18\x07 \x01(\x0c\x12\x10\n\x08withheld\x18\x08 \x01(\x08\x12\r\n\x05nonce\x18\t \x01(\x0c\"7\n\rIdentityProof\x12\x13\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"{\n\x05\x43hunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.ecl.exchange.v1.HeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12/\n\x05proof\x18\x03 \x01(\x0b\x32\x1e.ecl.exchange.v1.IdentityProofH\x00\x42\x06\n\x04\x62ody\"W\n\x0cModelRequest\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x18\n\x10protocol_version\x18\x04 \x01(\r*\\\n\x07Purpose\x12\x17\n\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x10\n\x0cPURPOSE_SWAP\x10\x01\x12\x11\n\rPURPOSE_MODEL\x10\x02\x12\x13\n\x0fPURPOSE_METRICS\x10\x03\x32\xda\x01\n\x11\x43onsensusExchange\x12:\n\x04Swap\x12\x16.ecl.exchange.v1.Chunk\x1a\x16.ecl.exchange.v1.Chunk(\x01\x30\x01\x12\x45\n\nFetchModel\x12\x1d.ecl.exchange.v1.ModelRequest\x1a\x16.ecl.exchange.v1.Chunk0\x01\x12\x42\n\x0cShareMetrics\x12\x16.ecl.exchange.v1.Chunk\x1a\x16.ecl.exchange.v1.Chunk(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'consensus.transport.exchange_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PURPOSE']._serialized_start=360
-  _globals['_PURPOSE']._serialized_end=431
+  _globals['_PURPOSE']._serialized_start=522
+  _globals['_PURPOSE']._serialized_end=614
   _globals['_HEADER']._serialized_start=56
-  _globals['_HEADER']._serialized_end=234
-  _globals['_CHUNK']._serialized_start=236
-  _globals['_CHUNK']._serialized_end=310
-  _globals['_MODELREQUEST']._serialized_start=312
-  _globals['_MODELREQUEST']._serialized_end=358
-  _globals['_CONSENSUSEXCHANGE']._serialized_start=434
-  _globals['_CONSENSUSEXCHANGE']._serialized_end=584
+  _globals['_HEADER']._serialized_end=249
+  _globals['_IDENTITYPROOF']._serialized_start=251
+  _globals['_IDENTITYPROOF']._serialized_end=306
+  _globals['_CHUNK']._serialized_start=308
+  _globals['_CHUNK']._serialized_end=431
+  _globals['_MODELREQUEST']._serialized_start=433
+  _globals['_MODELREQUEST']._serialized_end=520
+  _globals['_CONSENSUSEXCHANGE']._serialized_start=617
+  _globals['_CONSENSUSEXCHANGE']._serialized_end=835
 # @@protoc_insertion_point(module_scope)

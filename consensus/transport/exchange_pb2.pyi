@@ -11,12 +11,14 @@ class Purpose(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PURPOSE_UNSPECIFIED: _ClassVar[Purpose]
     PURPOSE_SWAP: _ClassVar[Purpose]
     PURPOSE_MODEL: _ClassVar[Purpose]
+    PURPOSE_METRICS: _ClassVar[Purpose]
 PURPOSE_UNSPECIFIED: Purpose
 PURPOSE_SWAP: Purpose
 PURPOSE_MODEL: Purpose
+PURPOSE_METRICS: Purpose
 
 class Header(_message.Message):
-    __slots__ = ("protocol_version", "sender", "edge", "method", "purpose", "total_bytes", "sha256", "withheld")
+    __slots__ = ("protocol_version", "sender", "edge", "method", "purpose", "total_bytes", "sha256", "withheld", "nonce")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
     EDGE_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +27,7 @@ class Header(_message.Message):
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     WITHHELD_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     sender: str
     edge: str
@@ -33,20 +36,35 @@ class Header(_message.Message):
     total_bytes: int
     sha256: bytes
     withheld: bool
-    def __init__(self, protocol_version: _Optional[int] = ..., sender: _Optional[str] = ..., edge: _Optional[str] = ..., method: _Optional[str] = ..., purpose: _Optional[_Union[Purpose, str]] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[bytes] = ..., withheld: _Optional[bool] = ...) -> None: ...
+    nonce: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., sender: _Optional[str] = ..., edge: _Optional[str] = ..., method: _Optional[str] = ..., purpose: _Optional[_Union[Purpose, str]] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[bytes] = ..., withheld: _Optional[bool] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+
+class IdentityProof(_message.Message):
+    __slots__ = ("certificate", "signature")
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    certificate: bytes
+    signature: bytes
+    def __init__(self, certificate: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Chunk(_message.Message):
-    __slots__ = ("header", "data")
+    __slots__ = ("header", "data", "proof")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
     header: Header
     data: bytes
-    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    proof: IdentityProof
+    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., data: _Optional[bytes] = ..., proof: _Optional[_Union[IdentityProof, _Mapping]] = ...) -> None: ...
 
 class ModelRequest(_message.Message):
-    __slots__ = ("sender", "method")
+    __slots__ = ("sender", "method", "nonce", "protocol_version")
     SENDER_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     sender: str
     method: str
-    def __init__(self, sender: _Optional[str] = ..., method: _Optional[str] = ...) -> None: ...
+    nonce: bytes
+    protocol_version: int
+    def __init__(self, sender: _Optional[str] = ..., method: _Optional[str] = ..., nonce: _Optional[bytes] = ..., protocol_version: _Optional[int] = ...) -> None: ...

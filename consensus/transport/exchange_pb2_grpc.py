@@ -45,6 +45,11 @@ class ConsensusExchangeStub:
                 request_serializer=consensus_dot_transport_dot_exchange__pb2.ModelRequest.SerializeToString,
                 response_deserializer=consensus_dot_transport_dot_exchange__pb2.Chunk.FromString,
                 _registered_method=True)
+        self.ShareMetrics = channel.stream_stream(
+                '/ecl.exchange.v1.ConsensusExchange/ShareMetrics',
+                request_serializer=consensus_dot_transport_dot_exchange__pb2.Chunk.SerializeToString,
+                response_deserializer=consensus_dot_transport_dot_exchange__pb2.Chunk.FromString,
+                _registered_method=True)
 
 
 class ConsensusExchangeServicer:
@@ -65,6 +70,15 @@ class ConsensusExchangeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ShareMetrics(self, request_iterator, context):
+        """Nodes that opted in to metrics sharing swap their known per-finding summaries (a JSON
+        document of its own schema, docs/wire-format.md sec. 10), framed like a swap. A node that
+        does not share refuses the call with FAILED_PRECONDITION before any data is sent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsensusExchangeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +90,11 @@ def add_ConsensusExchangeServicer_to_server(servicer, server):
             'FetchModel': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchModel,
                     request_deserializer=consensus_dot_transport_dot_exchange__pb2.ModelRequest.FromString,
+                    response_serializer=consensus_dot_transport_dot_exchange__pb2.Chunk.SerializeToString,
+            ),
+            'ShareMetrics': grpc.stream_stream_rpc_method_handler(
+                    servicer.ShareMetrics,
+                    request_deserializer=consensus_dot_transport_dot_exchange__pb2.Chunk.FromString,
                     response_serializer=consensus_dot_transport_dot_exchange__pb2.Chunk.SerializeToString,
             ),
     }
@@ -133,6 +152,33 @@ class ConsensusExchange:
             target,
             '/ecl.exchange.v1.ConsensusExchange/FetchModel',
             consensus_dot_transport_dot_exchange__pb2.ModelRequest.SerializeToString,
+            consensus_dot_transport_dot_exchange__pb2.Chunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShareMetrics(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/ecl.exchange.v1.ConsensusExchange/ShareMetrics',
+            consensus_dot_transport_dot_exchange__pb2.Chunk.SerializeToString,
             consensus_dot_transport_dot_exchange__pb2.Chunk.FromString,
             options,
             channel_credentials,

@@ -1,4 +1,5 @@
-"""Chunked framing of one opaque payload on a gRPC stream: a header frame, then data frames."""
+"""Chunked framing of one opaque payload on a gRPC stream: a header frame, then data frames;
+callees first send an identity proof frame (consensus/transport/identity.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from consensus.transport import exchange_pb2 as pb
+from consensus.transport.identity import NONCE_BYTES
 
-PROTOCOL_VERSION = 1
-PURPOSE_NAMES = {pb.PURPOSE_SWAP: "swap", pb.PURPOSE_MODEL: "model"}
+PROTOCOL_VERSION = 2  # 2: nonce in requests, identity proof first in replies
+PURPOSE_NAMES = {pb.PURPOSE_SWAP: "swap", pb.PURPOSE_MODEL: "model", pb.PURPOSE_METRICS: "metrics"}
 
 
 class FramingError(ValueError):
@@ -32,6 +34,7 @@ class Announcement:
     total_bytes: int
     sha256: bytes
     withheld: bool = False  # the sender sends nothing: its privacy budget is spent
+    nonce: bytes = b""  # requests: what the callee signs in its identity proof
 
 
 def edge_name(a: str, b: str) -> str:
@@ -40,12 +43,20 @@ def edge_name(a: str, b: str) -> str:
 
 
 def frames(
-    payload: bytes | None, *, sender: str, edge: str, method: str, purpose: int, chunk_size: int
+    payload: bytes | None,
+    *,
+    sender: str,
+    edge: str,
+    method: str,
+    purpose: int,
+    chunk_size: int,
+    nonce: bytes = b"",
 ) -> Iterator[pb.Chunk]:
     """Yield the header frame, then `payload` in data frames of at most `chunk_size` bytes.
 
     `payload=None` announces a withheld message (privacy budget spent): a header with
-    `withheld` set, 0 bytes and the digest of nothing, and no data frame.
+    `withheld` set, 0 bytes and the digest of nothing, and no data frame. `nonce`: a request's
+    fresh nonce, for the callee's identity proof.
     """
     withheld = payload is None
     payload = b"" if payload is None else payload
@@ -58,6 +69,7 @@ def frames(
         total_bytes=len(payload),
         sha256=hashlib.sha256(payload).digest(),
         withheld=withheld,
+        nonce=nonce,
     )
     yield pb.Chunk(header=header)
     view = memoryview(payload)
@@ -65,23 +77,51 @@ def frames(
         yield pb.Chunk(data=bytes(view[start : start + chunk_size]))
 
 
-def read_announcement(stream: Iterator[pb.Chunk], *, max_bytes: int) -> Announcement:
-    """Take the header frame off `stream`; refuse a size over `max_bytes` before any data moves."""
+def check_protocol_version(version: int) -> None:
+    if version != PROTOCOL_VERSION:
+        raise FramingError(
+            "protocol_version",
+            f"peer speaks exchange protocol {version}, this node {PROTOCOL_VERSION}; run the "
+            "same release on both nodes",
+        )
+
+
+def check_nonce(nonce: bytes) -> None:
+    if len(nonce) != NONCE_BYTES:
+        raise FramingError("bad_nonce", f"a request needs a {NONCE_BYTES}-byte nonce")
+
+
+def proof_frame(certificate_der: bytes, signature: bytes) -> pb.Chunk:
+    return pb.Chunk(proof=pb.IdentityProof(certificate=certificate_der, signature=signature))
+
+
+def read_proof(stream: Iterator[pb.Chunk]) -> pb.IdentityProof:
+    """Take the callee's identity proof, the first frame of every reply, off `stream`."""
+    first = next(stream, None)
+    if first is None or first.WhichOneof("body") != "proof":
+        raise FramingError("no_proof", "a reply must start with the callee's identity proof")
+    return first.proof
+
+
+def read_announcement(
+    stream: Iterator[pb.Chunk], *, max_bytes: int, request: bool = False
+) -> Announcement:
+    """Take the header frame off `stream`; refuse a size over `max_bytes` before any data moves.
+
+    `request`: a caller's header, which must carry a nonce.
+    """
     first = next(stream, None)
     if first is None or first.WhichOneof("body") != "header":
         raise FramingError("no_header", "the first frame of a stream must carry the header")
     header = first.header
-    if header.protocol_version != PROTOCOL_VERSION:
-        raise FramingError(
-            "protocol_version",
-            f"peer speaks exchange protocol {header.protocol_version}, this node "
-            f"{PROTOCOL_VERSION}; run the same release on both nodes",
-        )
+    check_protocol_version(header.protocol_version)
+    if request:
+        check_nonce(header.nonce)
     if header.total_bytes > max_bytes:
         raise FramingError(
             "too_large",
-            f"announced {header.total_bytes} bytes, limit {max_bytes}; raise "
-            "transport.max_payload_bytes on the receiving node if the model really is this big",
+            f"announced {header.total_bytes} bytes, the largest message this node takes is "
+            f"{max_bytes} (its model's size): same [model], [data] and [algorithm] on both?",
         )
     if len(header.sha256) != hashlib.sha256().digest_size:
         raise FramingError("bad_digest", f"sha256 must be 32 bytes, got {len(header.sha256)}")
@@ -99,6 +139,7 @@ def read_announcement(stream: Iterator[pb.Chunk], *, max_bytes: int) -> Announce
         total_bytes=header.total_bytes,
         sha256=bytes(header.sha256),
         withheld=header.withheld,
+        nonce=bytes(header.nonce),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -15,11 +16,13 @@ import grpc
 from consensus.transport import exchange_pb2 as pb
 from consensus.transport import exchange_pb2_grpc as pb_grpc
 from consensus.transport.framing import (
+    PROTOCOL_VERSION,
     FramingError,
     edge_name,
     frames,
     read_announcement,
     read_payload,
+    read_proof,
 )
 from consensus.transport.grpc_common import (
     RETRYABLE,
@@ -32,6 +35,7 @@ from consensus.transport.grpc_common import (
     TransportError,
     error_for_status,
 )
+from consensus.transport.identity import NONCE_BYTES, IdentityError, PeerVerifier, verify_proof
 from consensus.transport.tls import TlsMaterial, channel_credentials
 
 log = logging.getLogger(__name__)
@@ -60,9 +64,11 @@ class PeerStatus:
 class PeerClient:
     """Talks to one neighbour over one mutual-TLS channel; thread-safe, one call at a time.
 
-    The server is verified twice: TLS checks its certificate chains to the network CA and
-    carries the peer's name as a DNS SAN (target name override = peer name), and the reply
-    header must name the peer as sender.
+    The server is verified three times: TLS checks its certificate chains to the network CA
+    and carries the peer's name as a DNS SAN (target name override = peer name); on every call
+    its identity proof (its certificate and a signature over our fresh nonce) must pass
+    `verifier` (validity dates, revocation list) before we send any data; and the reply header
+    must name the peer as sender.
     """
 
     def __init__(
@@ -75,6 +81,7 @@ class PeerClient:
         rng: random.Random,
         config: TransportConfig | None = None,
         retry: RetryPolicy | None = None,
+        verifier: PeerVerifier | None = None,
     ) -> None:
         self.name = name
         self.peer = peer
@@ -82,6 +89,7 @@ class PeerClient:
         self._config = config or TransportConfig()
         self._retry = retry or RetryPolicy()
         self._rng = rng
+        self._verifier = verifier or PeerVerifier.from_pem(tls.ca_cert)
         self._channel = grpc.secure_channel(
             address, channel_credentials(tls), options=self._config.channel_options(peer)
         )
@@ -102,31 +110,52 @@ class PeerClient:
         None, sent or returned, is a withheld message (that side's privacy budget is spent):
         no payload moves in that direction, the other direction still does.
         """
-        make = outgoing if callable(outgoing) else lambda: outgoing
-        with self._call_lock:
-            return self._with_retries("swap", lambda budget: self._swap_once(make(), budget))
+        return self._swap(outgoing)[1]
 
     def exchange(self, handler: SwapHandler) -> None:
-        """One full swap for the node: outgoing_for(peer) -> swap -> on_received(peer, reply),
-        or on_withheld(peer) when the peer withheld its message (its privacy budget is spent).
+        """One full swap for the node (SwapHandler): outgoing_for(peer) -> swap -> on_sent ->
+        validate -> deliver, or on_withheld(peer) when the peer withheld its message.
 
-        on_received's refusal (consensus.wire.MessageRejected) propagates to the caller.
+        validate's refusal (consensus.wire.MessageRejected) propagates to the caller.
         """
-        reply = self.swap(lambda: handler.outgoing_for(self.peer))
+        sent, reply = self._swap(lambda: handler.outgoing_for(self.peer))
+        if sent is not None:  # the peer answered, so it took (and validated) our message
+            handler.on_sent(self.peer, sent)
         if reply is None:
             self._add("replies_withheld", 1)
             handler.on_withheld(self.peer)
             return
         try:
-            handler.on_received(self.peer, reply)
+            validated = handler.validate(self.peer, reply)
         except Exception as exc:
             self._add("replies_rejected", 1, last_error=f"reply refused by {self.name}: {exc}")
             raise
+        handler.deliver(self.peer, validated, len(reply))
+
+    def _swap(
+        self, outgoing: bytes | None | Callable[[], bytes | None]
+    ) -> tuple[int | None, bytes | None]:
+        """(bytes we sent, None if withheld; the peer's reply) of the attempt that succeeded."""
+        make = outgoing if callable(outgoing) else lambda: outgoing
+        with self._call_lock:
+            return self._with_retries("swap", lambda budget: self._swap_once(make(), budget))
 
     def fetch_model(self) -> bytes:
         """The peer's current model (wire-format bytes), e.g. for a node joining late."""
         with self._call_lock:
             return self._with_retries("fetch_model", self._fetch_once)
+
+    def share_metrics(self, payload: bytes) -> bytes:
+        """Send our metrics message, return the peer's (both ends must share metrics: a peer
+        that does not refuses with FAILED_PRECONDITION `metrics_off`, RejectedByPeer)."""
+        with self._call_lock:
+            _, reply = self._with_retries(
+                "share_metrics",
+                lambda budget: self._stream_once(payload, budget, pb.PURPOSE_METRICS),
+            )
+        if reply is None:  # read_announcement allows `withheld` on swaps only
+            raise BadReply(self.peer, None, "empty metrics reply")
+        return reply
 
     def status(self) -> PeerStatus:
         with self._state_lock:
@@ -144,32 +173,85 @@ class PeerClient:
 
     # -- one attempt ------------------------------------------------------------------------------
 
-    def _swap_once(self, payload: bytes | None, budget: float) -> bytes | None:
+    def _swap_once(self, payload: bytes | None, budget: float) -> tuple[int | None, bytes | None]:
+        return self._stream_once(payload, budget, pb.PURPOSE_SWAP)
+
+    def _stream_once(
+        self, payload: bytes | None, budget: float, purpose: int
+    ) -> tuple[int | None, bytes | None]:
+        """One Swap (or ShareMetrics) call: our header, the peer's proof, then our data."""
         size = 0 if payload is None else len(payload)
-        timeout = min(self._config.deadline_for(size), budget)
+        nonce = os.urandom(NONCE_BYTES)
         request = frames(
             payload,
             sender=self.name,
             edge=edge_name(self.name, self.peer),
             method=self._config.method,
-            purpose=pb.PURPOSE_SWAP,
+            purpose=purpose,
             chunk_size=self._config.chunk_size,
+            nonce=nonce,
         )
-        replies = self._stub.Swap(request, timeout=timeout)
-        reply = self._read_reply(replies, pb.PURPOSE_SWAP)
+        checked = threading.Event()
+        verified: list[bool] = []
+
+        def requests() -> Iterator[pb.Chunk]:
+            yield next(request)  # the header; the data only once the server proved who it is
+            checked.wait()
+            if verified:
+                yield from request
+
+        rpc = self._stub.ShareMetrics if purpose == pb.PURPOSE_METRICS else self._stub.Swap
+        replies = rpc(requests(), timeout=min(self._config.deadline_for(size), budget))
+        try:
+            self._check_proof(replies, nonce, purpose)
+            verified.append(True)
+        finally:
+            checked.set()  # whatever happened: never leave gRPC's request thread waiting
+        reply = self._read_reply(replies, purpose)
         self._add("bytes_sent", size)
-        return reply
+        return (None if payload is None else size), reply
 
     def _fetch_once(self, budget: float) -> bytes:
         timeout = min(self._config.deadline_for(self._config.max_payload_bytes // 2), budget)
-        request = pb.ModelRequest(sender=self.name, method=self._config.method)
-        return self._read_reply(self._stub.FetchModel(request, timeout=timeout), pb.PURPOSE_MODEL)
+        nonce = os.urandom(NONCE_BYTES)
+        request = pb.ModelRequest(
+            sender=self.name,
+            method=self._config.method,
+            nonce=nonce,
+            protocol_version=PROTOCOL_VERSION,
+        )
+        replies = self._stub.FetchModel(request, timeout=timeout)
+        self._check_proof(replies, nonce, pb.PURPOSE_MODEL)
+        return self._read_reply(replies, pb.PURPOSE_MODEL)
+
+    def _check_proof(self, replies: Iterator[pb.Chunk], nonce: bytes, purpose: int) -> None:
+        """The server's first frame must prove it holds a valid, unrevoked certificate for the
+        peer's name (PeerRefused otherwise: an identity problem, not retried)."""
+        try:
+            proof = read_proof(replies)
+            verify_proof(
+                self._verifier,
+                certificate_der=proof.certificate,
+                signature=proof.signature,
+                callee=self.peer,
+                caller=self.name,
+                purpose=purpose,
+                nonce=nonce,
+            )
+        except FramingError as exc:
+            replies.cancel()
+            raise BadReply(self.peer, None, str(exc)) from exc
+        except IdentityError as exc:
+            replies.cancel()
+            raise PeerRefused(self.peer, None, f"server at {self.address}: {exc}") from exc
 
     def _read_reply(self, replies: Iterator[pb.Chunk], purpose: int) -> bytes | None:
         """The reply's payload, or None for a withheld swap reply (read_announcement allows
         `withheld` on swaps only, with 0 bytes)."""
+        config = self._config
+        limit = config.max_metrics_bytes if purpose == pb.PURPOSE_METRICS else None
         try:
-            announcement = read_announcement(replies, max_bytes=self._config.max_payload_bytes)
+            announcement = read_announcement(replies, max_bytes=limit or config.max_payload_bytes)
             if announcement.sender != self.peer:
                 raise PeerRefused(
                     self.peer,

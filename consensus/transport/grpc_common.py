@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -18,24 +18,50 @@ class SwapHandler(Protocol):
     """What the transport needs from a node; the node implements it (thread-safe: calls arrive
     from gRPC server threads and from the exchange worker at the same time).
 
-    on_received raises consensus.wire.MessageRejected to refuse a payload; any method may raise
+    Order of one swap, on both ends: nothing is taken, counted or confirmed for a peer until
+    its message has passed `validate` (the node's gate). The callee reads the caller's whole
+    message and calls `validate`; only then `outgoing_for` (which may cost a privacy release),
+    `deliver` (queue the validated message), and, once its reply is streamed, `on_sent`. The
+    caller calls `outgoing_for` (its message must leave first), and after the reply: `on_sent`,
+    `validate`, `deliver`. Taking our message before delivering the peer's keeps both sides
+    sending the state they had before the swap, as the in-memory transport does.
+
+    `validate` raises consensus.wire.MessageRejected to refuse a payload; any method may raise
     NodeNotReady (e.g. no model yet) to make the caller retry later.
 
     Withheld messages (docs/privacy.md, "Budget"): `outgoing_for` returns None when this node
     sends nothing on the edge because its privacy budget is spent. The swap still happens, so
     the node still receives; the transport announces the direction as `withheld` and the peer's
-    transport calls its `on_withheld` instead of `on_received`: the peer applies nothing and
-    keeps its state for the edge. A withheld message is not a rejection. `model_for` raises
+    transport calls its `on_withheld` instead of `validate`/`deliver`: the peer applies nothing
+    and keeps its state for the edge. A withheld message is not a rejection. `model_for` raises
     ModelWithheld when the node does not serve its model (exchange privacy is on).
     """
 
     def outgoing_for(self, peer: str) -> bytes | None: ...
 
-    def on_received(self, peer: str, payload: bytes) -> None: ...
+    def validate(self, peer: str, payload: bytes) -> Any: ...
+
+    def deliver(self, peer: str, validated: Any, num_bytes: int) -> None: ...
 
     def on_withheld(self, peer: str) -> None: ...
 
+    def on_sent(self, peer: str, num_bytes: int) -> None: ...
+
     def model_for(self, peer: str) -> bytes: ...
+
+
+class MetricsHandler(Protocol):
+    """What the transport needs from a node that shares metrics ([metrics] share = true).
+
+    `accept_metrics` validates a neighbour's metrics message (raising
+    consensus.wire.MessageRejected to refuse it) and keeps what is new; `metrics_for` is this
+    node's message for that neighbour. Both run on the callee for every ShareMetrics call, and
+    on the caller after the reply arrived. The payload is opaque to the transport.
+    """
+
+    def accept_metrics(self, peer: str, payload: bytes) -> None: ...
+
+    def metrics_for(self, peer: str) -> bytes: ...
 
 
 class NodeNotReady(RuntimeError):
@@ -110,10 +136,16 @@ class TransportConfig:
 
     method: str = ""  # consensus method name put in headers; a mismatch is refused early
     chunk_size: int = MIB
-    max_payload_bytes: int = 256 * MIB  # DenseNet-121 float32 is ~28 MB
+    # Largest payload announced or accepted, refused on the header before any data moves. A
+    # node sets it from its model (consensus.wire.message_size_limit); this default is for
+    # tools and tests only.
+    max_payload_bytes: int = 256 * MIB
+    # Largest metrics message (ShareMetrics), refused on the header like a swap payload.
+    max_metrics_bytes: int = 256 * 1024
     base_deadline_s: float = 10.0
     min_throughput_bytes_per_s: float = 1e6  # slowest link a deadline still allows for
-    server_call_limit_s: float = 900.0  # watchdog for calls with no or a longer deadline
+    idle_timeout_s: float = 5.0  # server: the caller's next frame must arrive within this
+    call_timeout_s: float | None = None  # server: whole-call limit; None: deadline_for(max)
     max_concurrent_calls: int = 8
     server_threads: int = 8
     keepalive_time_s: float = 60.0
@@ -123,12 +155,25 @@ class TransportConfig:
     def __post_init__(self) -> None:
         if not 16 * 1024 <= self.chunk_size <= 16 * MIB:
             raise ValueError(f"chunk_size must be between 16 KiB and 16 MiB, got {self.chunk_size}")
-        if self.max_payload_bytes < 1 or self.min_throughput_bytes_per_s <= 0:
-            raise ValueError("max_payload_bytes and min_throughput_bytes_per_s must be positive")
+        if min(self.max_payload_bytes, self.max_metrics_bytes) < 1:
+            raise ValueError("max_payload_bytes and max_metrics_bytes must be positive")
+        if self.min_throughput_bytes_per_s <= 0:
+            raise ValueError("min_throughput_bytes_per_s must be positive")
+        if self.idle_timeout_s <= 0 or (
+            self.call_timeout_s is not None and self.call_timeout_s <= 0
+        ):
+            raise ValueError("idle_timeout_s and call_timeout_s must be positive")
 
     def deadline_for(self, payload_bytes: int) -> float:
         """Seconds allowed for one swap: both directions at the minimum throughput, plus a base."""
         return self.base_deadline_s + 2 * payload_bytes / self.min_throughput_bytes_per_s
+
+    @property
+    def call_limit_s(self) -> float:
+        """Longest a server lets one call run: the caller's deadline for the largest message."""
+        if self.call_timeout_s is not None:
+            return self.call_timeout_s
+        return self.deadline_for(self.max_payload_bytes)
 
     @property
     def max_message_bytes(self) -> int:
@@ -180,5 +225,7 @@ class RetryPolicy:
 
     def backoff(self, failures: int, rng: random.Random) -> float:
         """Full jitter: uniform in [0, min(max, initial * multiplier**(failures-1))]."""
-        ceiling = self.initial_backoff_s * self.multiplier ** max(failures - 1, 0)
+        # The exponent is capped: 2.0 ** 1024 overflows, and after 64 doublings every
+        # ceiling is far above max_backoff_s anyway.
+        ceiling = self.initial_backoff_s * self.multiplier ** min(max(failures - 1, 0), 64)
         return rng.uniform(0.0, min(self.max_backoff_s, ceiling))

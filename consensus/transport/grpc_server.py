@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent import futures
-from typing import NoReturn, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -18,170 +16,120 @@ from consensus.transport import exchange_pb2_grpc as pb_grpc
 from consensus.transport.framing import (
     Announcement,
     FramingError,
+    check_nonce,
+    check_protocol_version,
     edge_name,
     frames,
+    proof_frame,
     read_announcement,
     read_payload,
 )
 from consensus.transport.grpc_common import (
     SERVICE_NAME,
-    ModelWithheld,
-    NodeNotReady,
+    MetricsHandler,
     SwapHandler,
     TransportConfig,
 )
-from consensus.transport.tls import TlsMaterial, peer_common_name, server_credentials
-from consensus.wire import MessageRejected
+from consensus.transport.identity import IdentityError, PeerVerifier, ProofSigner, common_name
+from consensus.transport.server_checks import Refusals, Stats
+from consensus.transport.tls import TlsMaterial, peer_certificate, server_credentials
+from consensus.transport.watchdog import CallWatch, CallWatchdog
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-class _Stats:
-    """Thread-safe counters: swaps, bytes, and refusals by reason."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: Counter[str] = Counter()
-
-    def add(self, key: str, amount: int = 1) -> None:
-        with self._lock:
-            self._counts[key] += amount
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counts)
 
 
 class _ExchangeServicer(pb_grpc.ConsensusExchangeServicer):
-    """Implements Swap and FetchModel; every refusal is logged, counted and mapped to a status."""
+    """Implements Swap and FetchModel: identity and neighbour checks on every call, one call per
+    neighbour at a time, a watchdog on quiet or overlong calls."""
 
     def __init__(
-        self, *, name: str, neighbours: Iterable[str], handler: SwapHandler, config: TransportConfig
+        self,
+        *,
+        name: str,
+        neighbours: Iterable[str],
+        handler: SwapHandler,
+        config: TransportConfig,
+        verifier: PeerVerifier,
+        signer: ProofSigner,
+        metrics: MetricsHandler | None = None,
     ) -> None:
         self._name = name
+        self._metrics = metrics
         self._neighbours = frozenset(neighbours)
         self._handler = handler
         self._config = config
-        self.stats = _Stats()
+        self._verifier = verifier
+        self._signer = signer
+        self.stats = Stats()
+        self._checks = Refusals(name, config, self.stats)
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
+        self.watchdog = CallWatchdog(name=name, on_expire=self._expired)
 
-    # -- refusals -----------------------------------------------------------------------------
-
-    def _refuse(
-        self,
-        context: grpc.ServicerContext,
-        code: grpc.StatusCode,
-        reason: str,
-        peer: str,
-        detail: str,
-    ) -> NoReturn:
-        self.stats.add(f"refused.{reason}")
-        log.warning("%s: refused call from %s: %s (%s)", self._name, peer, reason, detail)
-        context.abort(code, f"{reason}: {detail}")
-        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+    # -- per-call checks ------------------------------------------------------------------------
 
     def _authorise(self, context: grpc.ServicerContext) -> str:
-        """The caller's certificate CN, if it names one of this node's neighbours."""
-        peer = peer_common_name(context)
-        if peer is None:
-            self._refuse(
-                context, grpc.StatusCode.UNAUTHENTICATED, "no_certificate", "?", "no client cert"
-            )
+        """The caller's certificate CN, if it names one of this node's neighbours and its
+        certificate still passes the per-call checks (validity dates, revocation list): a
+        connection opened before a revocation is refused from its next call on."""
+        refuse = self._checks.refuse
+        cert = peer_certificate(context)
+        if cert is None:
+            refuse(context, grpc.StatusCode.UNAUTHENTICATED, "no_certificate", "?", "no cert")
+        peer = common_name(cert)
+        try:
+            self._verifier.check(cert)
+        except IdentityError as exc:
+            refuse(context, grpc.StatusCode.PERMISSION_DENIED, exc.reason, peer, exc.detail)
         if peer not in self._neighbours:
-            self._refuse(
+            refuse(
                 context,
                 grpc.StatusCode.PERMISSION_DENIED,
                 "not_a_neighbour",
                 peer,
                 f"{peer!r} is not a neighbour of {self._name!r} in this node's configuration",
             )
-        self._watchdog(context)
         return peer
 
-    def _watchdog(self, context: grpc.ServicerContext) -> None:
-        """Cancel calls that came without a deadline (or a very long one) after the server limit."""
-        limit = self._config.server_call_limit_s
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= limit:
-            return
-        timer = threading.Timer(limit, context.cancel)
-        timer.daemon = True
-        timer.start()
-        context.add_callback(timer.cancel)
+    def _watch(self, context: grpc.ServicerContext, peer: str) -> CallWatch:
+        """Cancel the call if the caller goes quiet or the call runs past the limit."""
+        config = self._config
+        return self.watchdog.watch(
+            context, peer, idle_s=config.idle_timeout_s, limit_s=config.call_limit_s
+        )
+
+    def _expired(self, watch: CallWatch) -> None:
+        self.stats.add(f"refused.{watch.expired}")
+        log.warning("%s: cancelled the call from %s: %s (idle %.1f s, call %.1f s allowed)",
+                    self._name, watch.peer, watch.expired, self._config.idle_timeout_s,
+                    self._config.call_limit_s)  # fmt: skip
 
     @contextlib.contextmanager
-    def _one_call_per_peer(self, context: grpc.ServicerContext, peer: str) -> Iterator[None]:
+    def _one_call_per_peer(
+        self, context: grpc.ServicerContext, peer: str, kind: str = "exchange"
+    ) -> Iterator[None]:
+        """One call of each kind per neighbour at a time (metrics never block a swap)."""
+        slot = f"{kind}:{peer}"
         with self._busy_lock:
-            busy = peer in self._busy
-            self._busy.add(peer)
+            busy = slot in self._busy
+            self._busy.add(slot)
         if busy:
-            self._refuse(
+            self._checks.refuse(
                 context, grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", peer, "a call is in progress"
             )
         try:
             yield
         finally:
             with self._busy_lock:
-                self._busy.discard(peer)
+                self._busy.discard(slot)
 
-    def _check_announcement(
-        self, context: grpc.ServicerContext, peer: str, announcement: Announcement, purpose: int
-    ) -> None:
-        if announcement.sender != peer:
-            self._refuse(
-                context,
-                grpc.StatusCode.PERMISSION_DENIED,
-                "sender_mismatch",
-                peer,
-                f"header names sender {announcement.sender!r}, certificate CN is {peer!r}",
-            )
-        expected_edge = edge_name(peer, self._name)
-        if announcement.purpose != purpose or announcement.edge != expected_edge:
-            self._refuse(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "bad_header",
-                peer,
-                f"expected purpose {purpose} on edge {expected_edge!r}, got "
-                f"{announcement.purpose} on {announcement.edge!r}",
-            )
-        self._check_method(context, peer, announcement.method)
+    # -- the steps of a swap ---------------------------------------------------------------------
 
-    def _check_method(self, context: grpc.ServicerContext, peer: str, method: str) -> None:
-        mine = self._config.method
-        if mine and method and method != mine:
-            self._refuse(
-                context,
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "method_mismatch",
-                peer,
-                f"peer runs {method!r}, this node {mine!r}; use one algorithm network-wide",
-            )
-
-    def _call_handler(
-        self, context: grpc.ServicerContext, peer: str, call: Callable[..., T], *args: object
-    ) -> T:
-        """Run a handler method; map refusals to statuses without leaking internal errors."""
-        try:
-            return call(peer, *args)
-        except MessageRejected as exc:
-            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, exc.reason, peer, exc.detail)
-        except NodeNotReady as exc:
-            self._refuse(context, grpc.StatusCode.UNAVAILABLE, "not_ready", peer, str(exc))
-        except ModelWithheld as exc:
-            self._refuse(
-                context, grpc.StatusCode.FAILED_PRECONDITION, "model_withheld", peer, str(exc)
-            )
-        except Exception:
-            log.exception("%s: handler failed on a call from %s", self._name, peer)
-            self.stats.add("refused.handler_error")
-            context.abort(grpc.StatusCode.INTERNAL, f"{self._name} failed; see its log")
-            raise  # pragma: no cover (abort raises)
+    def _proof(self, peer: str, nonce: bytes, purpose: int) -> pb.Chunk:
+        signature = self._signer.sign(callee=self._name, caller=peer, purpose=purpose, nonce=nonce)
+        return proof_frame(self._signer.certificate_der, signature)
 
     def _frames(self, peer: str, payload: bytes | None, purpose: int) -> Iterator[pb.Chunk]:
-        self.stats.add("bytes_sent", len(payload or b""))
         yield from frames(
             payload,
             sender=self._name,
@@ -190,47 +138,87 @@ class _ExchangeServicer(pb_grpc.ConsensusExchangeServicer):
             purpose=purpose,
             chunk_size=self._config.chunk_size,
         )
+        self.stats.add("bytes_sent", len(payload or b""))
+
+    def _receive(
+        self,
+        context: grpc.ServicerContext,
+        peer: str,
+        watch: CallWatch,
+        requests: Iterator[pb.Chunk],
+        purpose: int = pb.PURPOSE_SWAP,
+    ) -> Iterator[pb.Chunk | tuple[Announcement, bytes]]:
+        """Yield our identity proof once the header is checked, then (announcement, payload)
+        when the caller's message is complete; nothing more for a call that broke off."""
+        config = self._config
+        limit = config.max_metrics_bytes if purpose == pb.PURPOSE_METRICS else None
+        try:
+            announcement = read_announcement(
+                requests, max_bytes=limit or config.max_payload_bytes, request=True
+            )
+            self._checks.check_announcement(context, peer, announcement, purpose)
+            yield self._proof(peer, announcement.nonce, purpose)
+            payload = read_payload(requests, announcement)
+        except FramingError as exc:
+            if watch.expired:  # our watchdog cut the stream short: counted there
+                return
+            self._checks.refuse(
+                context, grpc.StatusCode.INVALID_ARGUMENT, exc.reason, peer, exc.detail
+            )
+        except grpc.RpcError:  # cancelled: by the caller, its deadline or our watchdog
+            self.stats.add("aborted_in_transfer")
+            log.info("%s: swap from %s ended mid-transfer; nothing applied", self._name, peer)
+            return
+        yield announcement, payload
+
+    def _answer(
+        self, context: grpc.ServicerContext, peer: str, announcement: Announcement, payload: bytes
+    ) -> bytes | None:
+        """Validate the caller's message, then take ours and queue theirs: nothing is taken,
+        counted or confirmed for a message the gate refuses (SwapHandler)."""
+        call = self._checks.call_handler
+        if announcement.withheld:
+            outgoing = call(context, peer, self._handler.outgoing_for)
+            call(context, peer, self._handler.on_withheld)
+            self.stats.add("withheld_received")
+            return outgoing
+        validated = call(context, peer, self._handler.validate, payload)
+        outgoing = call(context, peer, self._handler.outgoing_for)
+        call(context, peer, self._handler.deliver, validated, len(payload))
+        self.stats.add("bytes_received", len(payload))
+        self.stats.add("swaps_applied")
+        return outgoing
 
     # -- RPCs -----------------------------------------------------------------------------------
 
     def Swap(  # noqa: N802 (name fixed by the generated base class)
         self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
     ) -> Iterator[pb.Chunk]:
-        """Receive the caller's message, apply it only once complete and verified, answer ours.
+        """Receive and validate the caller's message, then answer with ours.
 
-        Our outgoing message is taken before the incoming one is applied, so both sides send
-        the state they had before the swap (as the in-memory transport does). Either direction
-        may be withheld (privacy budget spent): a withheld request goes to `on_withheld`, and a
-        None from `outgoing_for` is answered as a withheld reply; the other direction still
-        goes through.
+        Frames out: our identity proof (as soon as the header is checked, so the caller can
+        check us before sending data), then our message. Either direction may be withheld
+        (privacy budget spent): a withheld request goes to `on_withheld`, a None from
+        `outgoing_for` is answered as a withheld reply; the other direction still goes through.
         """
         peer = self._authorise(context)
+        watch = self._watch(context, peer)
         with self._one_call_per_peer(context, peer):
-            try:
-                announcement = read_announcement(
-                    request_iterator, max_bytes=self._config.max_payload_bytes
-                )
-                self._check_announcement(context, peer, announcement, pb.PURPOSE_SWAP)
-                outgoing = self._call_handler(context, peer, self._handler.outgoing_for)
-                payload = read_payload(request_iterator, announcement)
-            except FramingError as exc:
-                self._refuse(
-                    context, grpc.StatusCode.INVALID_ARGUMENT, exc.reason, peer, exc.detail
-                )
-            except grpc.RpcError:  # the caller cancelled or its deadline passed mid-transfer
-                self.stats.add("aborted_in_transfer")
-                log.info("%s: swap from %s ended mid-transfer; nothing applied", self._name, peer)
+            received = None
+            for item in self._receive(context, peer, watch, watch.touching(request_iterator)):
+                if isinstance(item, pb.Chunk):
+                    yield item
+                else:
+                    received = item
+            if received is None:
                 return
-            if announcement.withheld:
-                self._call_handler(context, peer, self._handler.on_withheld)
-                self.stats.add("withheld_received")
-            else:
-                self.stats.add("bytes_received", len(payload))
-                self._call_handler(context, peer, self._handler.on_received, payload)
-                self.stats.add("swaps_applied")
+            watch.request_done()
+            outgoing = self._answer(context, peer, *received)
             if outgoing is None:
                 self.stats.add("withheld_sent")
             yield from self._frames(peer, outgoing, pb.PURPOSE_SWAP)
+            if outgoing is not None:  # the whole reply went out: now it counts as sent
+                self._checks.call_handler(context, peer, self._handler.on_sent, len(outgoing))
             self.stats.add("swaps_answered")
 
     def FetchModel(  # noqa: N802
@@ -239,22 +227,64 @@ class _ExchangeServicer(pb_grpc.ConsensusExchangeServicer):
         """Stream this node's current model to a neighbour that asks for it."""
         peer = self._authorise(context)
         if request.sender != peer:
-            self._refuse(
+            self._checks.refuse(
                 context,
                 grpc.StatusCode.PERMISSION_DENIED,
                 "sender_mismatch",
                 peer,
                 f"request names sender {request.sender!r}, certificate CN is {peer!r}",
             )
-        self._check_method(context, peer, request.method)
+        try:
+            check_protocol_version(request.protocol_version)
+            check_nonce(request.nonce)
+        except FramingError as exc:
+            self._checks.refuse(
+                context, grpc.StatusCode.INVALID_ARGUMENT, exc.reason, peer, exc.detail
+            )
+        self._checks.check_method(context, peer, request.method)
+        self._watch(context, peer).request_done()
         with self._one_call_per_peer(context, peer):
-            model = self._call_handler(context, peer, self._handler.model_for)
+            yield self._proof(peer, request.nonce, pb.PURPOSE_MODEL)
+            model = self._checks.call_handler(context, peer, self._handler.model_for)
             yield from self._frames(peer, model, pb.PURPOSE_MODEL)
             self.stats.add("models_served")
 
+    def ShareMetrics(  # noqa: N802
+        self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
+    ) -> Iterator[pb.Chunk]:
+        """Take a neighbour's metrics message, answer with ours; refused (`metrics_off`, before
+        our proof, so the caller sends no data) unless this node shares metrics."""
+        peer = self._authorise(context)
+        if self._metrics is None:
+            detail = f"{self._name} does not share metrics ([metrics] share)"
+            refused = grpc.StatusCode.FAILED_PRECONDITION
+            self._checks.refuse(context, refused, "metrics_off", peer, detail)
+        watch = self._watch(context, peer)
+        with self._one_call_per_peer(context, peer, "metrics"):
+            received = None
+            requests = watch.touching(request_iterator)
+            for item in self._receive(context, peer, watch, requests, pb.PURPOSE_METRICS):
+                if isinstance(item, pb.Chunk):
+                    yield item
+                else:
+                    received = item
+            if received is None:
+                return
+            watch.request_done()
+            call = self._checks.call_handler
+            call(context, peer, self._metrics.accept_metrics, received[1])
+            yield from self._frames(peer, call(context, peer, self._metrics.metrics_for),
+                                    pb.PURPOSE_METRICS)  # fmt: skip
+            self.stats.add("metrics_answered")
+
 
 class ExchangeServer:
-    """One node's gRPC endpoint: the exchange service plus grpc.health.v1, over mutual TLS."""
+    """One node's gRPC endpoint: the exchange service plus grpc.health.v1, over mutual TLS.
+
+    `verifier` checks callers' certificates on every call (validity dates; the revocation list
+    when it has one); by default the CA of `tls` without a revocation list. `metrics`: the
+    node's metrics handler when it shares metrics; None refuses every ShareMetrics call.
+    """
 
     def __init__(
         self,
@@ -266,6 +296,8 @@ class ExchangeServer:
         host: str = "127.0.0.1",
         port: int = 0,
         config: TransportConfig | None = None,
+        verifier: PeerVerifier | None = None,
+        metrics: MetricsHandler | None = None,
     ) -> None:
         if tls.name != name:
             raise ValueError(
@@ -274,7 +306,13 @@ class ExchangeServer:
         self.name = name
         self._config = config or TransportConfig()
         self._servicer = _ExchangeServicer(
-            name=name, neighbours=neighbours, handler=handler, config=self._config
+            name=name,
+            neighbours=neighbours,
+            handler=handler,
+            config=self._config,
+            verifier=verifier or PeerVerifier.from_pem(tls.ca_cert),
+            signer=ProofSigner.from_pem(tls.cert, tls.key),
+            metrics=metrics,
         )
         self._health = health.HealthServicer()
         self._server = grpc.server(
@@ -315,9 +353,11 @@ class ExchangeServer:
         """Report NOT_SERVING, let calls in flight finish for `grace` seconds, then close."""
         self._health.enter_graceful_shutdown()
         self._server.stop(grace).wait()
+        self._servicer.watchdog.stop()
         log.info("%s: exchange server stopped", self.name)
 
     def stats(self) -> dict[str, int]:
         """Counters: swaps_applied, swaps_answered, models_served, bytes_*, withheld_received
-        (the caller's budget is spent), withheld_sent (ours is), refused.<reason>."""
+        (the caller's budget is spent), withheld_sent (ours is), refused.<reason> (idle_timeout
+        and call_timeout: calls the watchdog cancelled)."""
         return self._servicer.stats.snapshot()

@@ -15,6 +15,8 @@ from consensus.transport.grpc_common import (
     TransportError,
 )
 from consensus.transport.grpc_server import ExchangeServer
+from consensus.transport.identity import IdentityError, PeerVerifier
+from consensus.transport.revocation import RevocationList, RevocationListError
 from consensus.transport.tls import TlsConfigError, TlsMaterial, load_tls
 from consensus.transport.worker import ExchangeWorker
 
@@ -23,14 +25,18 @@ __all__ = [
     "ExchangeServer",
     "ExchangeWorker",
     "FramingError",
+    "IdentityError",
     "ModelWithheld",
     "NodeNotReady",
     "PeerClient",
     "PeerRefused",
     "PeerStatus",
     "PeerUnavailable",
+    "PeerVerifier",
     "RejectedByPeer",
     "RetryPolicy",
+    "RevocationList",
+    "RevocationListError",
     "SwapHandler",
     "TlsConfigError",
     "TlsMaterial",

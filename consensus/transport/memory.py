@@ -247,6 +247,17 @@ class InMemoryTransport:
         except PrivacyBudgetExhausted:
             return None
 
+    def receive(
+        self, sender: str, receiver: str, data: bytes | None, *, lost: bool = False
+    ) -> Delivery:
+        """`deliver`, or, when `data` is None (the sender's budget is spent), a withheld
+        direction: the receiver's half of a swap whose sender half ran elsewhere (Ray actors)."""
+        return self._deliver_or_withhold(sender, receiver, data, lost=lost)
+
+    def send_unless_withheld(self, sender: str, receiver: str) -> bytes | None:
+        """`send`, or None when the sender's privacy budget is spent (it sends nothing)."""
+        return self._send_unless_withheld(sender, receiver)
+
     def _deliver_or_withhold(
         self, sender: str, receiver: str, data: bytes | None, *, lost: bool
     ) -> Delivery:

@@ -36,7 +36,7 @@ class TlsMaterial:
 
 
 def load_tls(*, ca_cert: Path, cert: Path, key: Path) -> TlsMaterial:
-    """Read and cross-check the three PEM files of a node bundle (see hospital_node.provision).
+    """Read and cross-check the three PEM files of a node bundle (see provisioning.provision).
 
     Checks: each parses, the key matches the certificate, the certificate was signed by the CA.
     A key readable by group or others is logged as a warning (provisioning writes 0600).
@@ -98,11 +98,11 @@ def channel_credentials(material: TlsMaterial) -> grpc.ChannelCredentials:
     )
 
 
-def peer_common_name(context: grpc.ServicerContext) -> str | None:
-    """CN of the client certificate that TLS verified for this call; None without one.
+def peer_certificate(context: grpc.ServicerContext) -> x509.Certificate | None:
+    """The client certificate TLS verified for this call; None without one.
 
-    Read from the PEM gRPC exposes ('x509_pem_cert'), parsed with cryptography, rather than
-    from 'x509_common_name', so the value is exactly the certificate's subject CN.
+    Parsed with cryptography from the PEM gRPC exposes ('x509_pem_cert'), so its CN, serial
+    number and dates are exactly the certificate's (PeerVerifier checks them on every call).
     """
     auth = context.auth_context()
     if auth.get("transport_security_type", [b""])[0] != b"ssl":
@@ -110,4 +110,13 @@ def peer_common_name(context: grpc.ServicerContext) -> str | None:
     pems = auth.get("x509_pem_cert") or []
     if not pems:
         return None
-    return certificate_common_name(pems[0]) or None
+    return x509.load_pem_x509_certificate(pems[0])
+
+
+def peer_common_name(context: grpc.ServicerContext) -> str | None:
+    """CN of the client certificate that TLS verified for this call; None without one."""
+    cert = peer_certificate(context)
+    if cert is None:
+        return None
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else None

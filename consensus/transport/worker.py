@@ -20,7 +20,7 @@ class ExchangeWorker:
     """Starts swaps with every given peer at exponentially distributed intervals.
 
     One scheduler thread draws the times (from the seeded `rng`), a small pool runs the swaps
-    (`PeerClient.exchange`: outgoing_for -> swap -> on_received), at most one per peer at a
+    (`PeerClient.exchange`: outgoing_for -> swap -> validate -> deliver), at most one per peer at a
     time. A peer that failed is not called again before its back-off time. Failures are logged
     and shown in `status()`; nothing here ever raises into the caller. The worker owns the
     clients and closes them on `stop()`.

@@ -74,9 +74,10 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def serve_app(app_args: Sequence[str], log_path: Path) -> Iterator[str]:
-    """Run `ecl-app APP_ARGS` on a free loopback port; yields its URL; always stops it."""
-    port = free_port()
+def serve_app(app_args: Sequence[str], log_path: Path, *, port: int | None = None) -> Iterator[str]:
+    """Run `ecl-app APP_ARGS` on loopback (`port`, or a free one); yields its URL; always stops
+    it."""
+    port = port or free_port()
     command = [sys.executable, "-m", "app.launch", *app_args]
     command += ["--port", str(port), "--address", "127.0.0.1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -93,8 +94,8 @@ def serve_app(app_args: Sequence[str], log_path: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def chromium_page() -> Iterator:
-    """A headless Chromium page (Debian's /usr/bin/chromium), closed afterwards."""
+def chromium_browser() -> Iterator:
+    """A headless Chromium (Debian's /usr/bin/chromium), closed afterwards."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -102,11 +103,23 @@ def chromium_page() -> Iterator:
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=STEP_TIMEOUT_MS
         )
         try:
-            page = browser.new_page(viewport={"width": WIDTH, "height": 900})
-            page.set_default_timeout(STEP_TIMEOUT_MS)
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+def new_page(browser):
+    """A page in a fresh context (its own cookies), with the test's size and timeout."""
+    page = browser.new_context(viewport={"width": WIDTH, "height": 900}).new_page()
+    page.set_default_timeout(STEP_TIMEOUT_MS)
+    return page
+
+
+@contextlib.contextmanager
+def chromium_page() -> Iterator:
+    """A headless Chromium page, closed afterwards."""
+    with chromium_browser() as browser:
+        yield new_page(browser)
 
 
 def settle(page) -> None:
@@ -159,6 +172,8 @@ def select(page, label: str, option: str, *, sidebar: bool = False) -> None:
     box.scroll_into_view_if_needed()
     if box.locator("input").input_value() == option:
         return  # already chosen (the list would not offer it again)
+    # Open the list first: filling alone does not always open it (seen with Streamlit 1.67).
+    box.locator("input").click()
     box.locator("input").fill(option)
     page.get_by_role("option", name=option, exact=True).click()
     settle(page)

@@ -4,8 +4,11 @@
         --dicom-dir build/demo/data [--out docs/img]
 
 Starts ecl-app on a free loopback port, opens each page in headless Chromium (Debian's
-/usr/bin/chromium), and writes palette PNGs 1000 px wide. When the newest run has no privacy
-mode but another run in the store has, the privacy page is shown for that run.
+/usr/bin/chromium), and writes palette PNGs 1000 px wide. On a simulation's store, when the
+newest run has no privacy mode but another run has, the privacy page is shown for that run.
+On a hospital node's store (what docs/clinician.md shows, from `DEMO_STEPS=1000
+scripts/network_demo.sh`: `--results DEMO_DIR/N2/state/results.sqlite --dicom-dir
+DEMO_DIR/data/N2`) the per-site page is cut in two: the heat maps, and the drill-down.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from app_browser import (
 from PIL import Image
 
 from app.shell import PAGES as APP_PAGES
-from hospital_node.store_read import StoreReader
+from hospital_node.store.reader import StoreReader
 
 logger = logging.getLogger("capture_docs_images")
 TITLES = tuple(title for _, title, _, _ in APP_PAGES)  # side-bar link texts, PAGES order
@@ -65,14 +68,49 @@ def go_to(page, title: str, ready: str) -> None:
     settle(page)
 
 
-def capture_detail(page, out: Path) -> None:
-    """The drill-down part of the per-site page, from its heading to the end."""
+def capture_detail(page, out: Path, *, top_too: bool = False) -> None:
+    """The drill-down part of the per-site page, from its heading to the end (and, with
+    `top_too`, the part above it as app-per-site-auc.png)."""
     heading = page.get_by_role("heading", name="One site in detail")
     full = screenshot(page, out / "_full.png")
     top = int(heading.bounding_box()["y"]) - 16 if heading.count() else 0
     with Image.open(full) as image:
         image.crop((0, max(top, 0), WIDTH, image.height)).save(out / "app-per-site-detail.png")
+        if top_too:
+            image.crop((0, 0, WIDTH, max(top, 1))).save(out / "app-per-site-auc.png")
     full.unlink()
+
+
+def best_reviewed_finding(store: Path, run_id: str) -> str | None:
+    """The finding with the most positive test images in the node's newest full review."""
+    with StoreReader.open_readonly(store) as reader:
+        reviewed = reader.reviewed_auc(run_id, "local")
+    rows = reviewed[reviewed["auc"].notna() & reviewed["ci_low"].notna()]
+    return str(rows.sort_values("n_pos").iloc[-1]["finding"]) if not rows.empty else None
+
+
+def capture_node(page, url: str, store: Path, dicom_dir: Path | None, out: Path) -> list[Path]:
+    """Every page of a hospital node's store (one run, its own test set)."""
+    with StoreReader.open_readonly(store) as reader:
+        run_id = str(reader.list_runs()["run_id"].iloc[0])
+    open_page(page, url, CHART)
+    names = {name: out / f"app-{name}.png" for name, _, _ in PAGES}
+    for (name, _, ready), title in zip(PAGES, TITLES, strict=True):
+        go_to(page, title, ready)
+        if name == "per-site-auc":
+            finding = best_reviewed_finding(store, run_id)
+            if finding:
+                select(page, "Finding", finding)
+            capture_detail(page, out, top_too=True)
+            continue
+        if name == "case-viewer" and dicom_dir is not None:
+            first = sorted(dicom_dir.rglob("*.dcm"))[0]
+            select(page, f"File in {dicom_dir}", first.relative_to(dicom_dir).as_posix())
+            page.get_by_test_id("stImage").first.wait_for(state="visible")
+        if page_problems(page):
+            raise RuntimeError(f"{name}: {page_problems(page)}")
+        screenshot(page, names[name])
+    return [*names.values(), out / "app-per-site-detail.png"]
 
 
 def capture(page, url: str, store: Path, dicom_dir: Path | None, out: Path) -> list[Path]:
@@ -116,8 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         app_args += ["--dicom-dir", str(dicom_dir)]
     with tempfile.TemporaryDirectory() as scratch:
         log = Path(scratch) / "server.log"
+        with StoreReader.open_readonly(args.results) as reader:
+            node = set(reader.list_runs()["kind"]) == {"node"}
         with serve_app(app_args, log) as url, chromium_page() as page:
-            written = capture(page, url, args.results, dicom_dir, args.out)
+            take = capture_node if node else capture
+            written = take(page, url, args.results, dicom_dir, args.out)
     for path in written:
         shrink(path)
         logger.info("wrote %s (%d kB)", path, path.stat().st_size // 1024)

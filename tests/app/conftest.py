@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from hospital_node.store_read import StoreReader
+from hospital_node.store.reader import StoreReader
 
 MAIN_SCRIPT = Path(__file__).resolve().parents[2] / "app" / "main.py"
 # Reuse an existing output folder of the command below (results.sqlite + data/) to skip the
@@ -22,8 +22,8 @@ REUSE_ENV = "ECL_APP_TEST_SIM_OUT"
 # at >= 3 sites); 3 absent findings per hospital give 'never seen at this site' cells.
 SYNTH = {"sites": 4, "per_site": 24, "test_size": 48, "size": 64, "missing_per_site": 3}
 SIM_ARGS = [
-    "--steps", "6", "--quiet", "--set", "data.image_size=32", "--set", "training.eval_every=3",
-    "--set", "training.checkpoint_every=3", "--set", "training.bootstrap=20",
+    "--steps", "6", "--quiet", "--set", "data.image_size=32", "--set", "evaluation.every=3",
+    "--set", "training.checkpoint_every=3", "--set", "evaluation.bootstrap=20",
     "--set", "network.topology=full",
 ]  # fmt: skip
 # The older of the two runs: ECL with differential privacy on the exchanges, a small budget.
@@ -47,7 +47,7 @@ def _simulate(out: Path) -> None:
     """Phantom DICOM set (written in this process: worker processes would each spend seconds
     importing torch on a busy machine), then two simulation runs on it into one store."""
     from data_tools.synth import SynthConfig, generate_dataset
-    from hospital_node.sim_cli import main
+    from hospital_node.simulation.cli import main
 
     generate_dataset(SynthConfig(**SYNTH, workers=1), out / "data")
     for extra in (DP_ARGS, MAIN_ARGS):  # run ids are start times: the main run is the newest
@@ -84,6 +84,26 @@ def store_copy(sim_run: SimRun, tmp_path: Path) -> Path:
         source.close()
         dest.close()
     return target
+
+
+# Reuse the folder of an earlier node-network run (see node_network.py) while iterating.
+NODE_REUSE_ENV = "ECL_APP_TEST_NODES_OUT"
+
+
+@pytest.fixture(scope="session")
+def node_network(tmp_path_factory: pytest.TempPathFactory):
+    """A real 3-node loopback network, run with metrics sharing off, then on (node_network.py)."""
+    from node_network import SITES, NodeNetworkRun, run_node_network
+
+    reuse = os.environ.get(NODE_REUSE_ENV)
+    if reuse:
+        out = Path(reuse)
+        return NodeNetworkRun(
+            off={n: out / f"{n}-share-off.sqlite" for n in SITES},
+            on={n: out / "net" / n / "state" / "results.sqlite" for n in SITES},
+            data=out / "data",
+        )
+    return run_node_network(tmp_path_factory.mktemp("node-network"))
 
 
 AppFactory = Callable[..., AppTest]

@@ -17,9 +17,10 @@ from app_browser import (
     screenshot,
     select,
     serve_app,
+    settle,
 )
 
-from hospital_node.store_read import StoreReader
+from hospital_node.store.reader import StoreReader
 
 SHOTS = ROOT / "build" / "screenshots"
 pytestmark = [
@@ -80,6 +81,36 @@ def view_case(page, url: str, sim_run) -> None:
     screenshot(page, SHOTS / "case-viewer-file.png")
 
 
+def upload_hostile_then_good(page, url: str, sim_run) -> None:
+    """Case viewer upload: a decompression bomb is refused with its advice, then a good file
+    uploaded in the same session is shown (the server survived it)."""
+    import numpy as np
+
+    from data_tools.hostile import KINDS
+    from data_tools.hostile_bytes import Bases
+
+    bomb = KINDS["bomb_j2k"](np.random.default_rng(5), Bases(np.random.default_rng(5)), True)
+    open_page(page, f"{url}/case-viewer", PAGES[-1][2])
+    page.get_by_text("Upload a file", exact=True).click()
+    settle(page)
+    chooser = page.locator('[data-testid="stFileUploaderDropzone"] input[type="file"]')
+    chooser.set_input_files(
+        {"name": "bomb.dcm", "mimeType": "application/dicom", "buffer": bomb.data}
+    )
+    settle(page)
+    alert = page.get_by_test_id("stAlertContentError").first
+    alert.wait_for(state="visible")
+    assert "PACS" in alert.inner_text()  # the advice for too_large / decode_failed
+    good = sorted(sim_run.dicom_dir.rglob("*.dcm"))[0]
+    chooser.set_input_files(str(good))
+    settle(page)
+    page.get_by_test_id("stImage").first.wait_for(state="visible")
+    page.get_by_test_id("stDataFrame").first.wait_for(state="visible")  # the run is over
+    settle(page)
+    check(page, "case viewer with an upload")
+    screenshot(page, SHOTS / "case-viewer-upload.png")
+
+
 def test_app_end_to_end(sim_run, tmp_path) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     args = ["--results", str(sim_run.store), "--dicom-dir", str(sim_run.dicom_dir)]
@@ -89,6 +120,7 @@ def test_app_end_to_end(sim_run, tmp_path) -> None:
             timings = visit_every_page(page, url)
             drill_down(page, url, sim_run)
             view_case(page, url, sim_run)
+            upload_hostile_then_good(page, url, sim_run)
     except AppStartError as exc:
         pytest.fail(f"{exc}; server log:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
     (SHOTS / "timings.json").write_text(json.dumps({"page_load_s": timings}, indent=2))

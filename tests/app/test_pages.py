@@ -11,8 +11,8 @@ from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from data_tools.labels import FINDINGS
-from hospital_node.store import ResultsStore
-from hospital_node.store_read import StoreReader
+from hospital_node.store.reader import StoreReader
+from hospital_node.store.writer import ResultsStore
 
 PER_SITE = "views/per_site.py"
 PROGRESS = "views/progress.py"
@@ -34,6 +34,11 @@ def chart_data(at: AppTest, index: int = 0) -> pd.DataFrame:
     """The data frame behind the index-th Altair chart on the page."""
     chart = at.get("vega_lite_chart")[index]
     return convert_arrow_bytes_to_pandas_df(chart.proto.datasets[0].data.data)
+
+
+def findings_table(at: AppTest) -> pd.DataFrame:
+    """The drill-down's table of the 14 findings (AUC, CI, counts, operating point, ECE)."""
+    return next(d.value for d in at.dataframe if "Sensitivity" in d.value.columns)
 
 
 def final_auc(store: Path, run_id: str, test_set: str = "common") -> pd.DataFrame:
@@ -103,7 +108,7 @@ def test_drill_down_shows_the_store_auc_and_ci(sim_run, make_app) -> None:
     assert metrics["95% CI"] == f"{expected['ci_low']:.3f}–{expected['ci_high']:.3f}"
     total = int(expected["n_pos"] + expected["n_neg"])
     assert metrics["Positives in test set"] == f"{int(expected['n_pos'])} of {total}"
-    detail = at.dataframe[-1].value.set_index("Finding")
+    detail = findings_table(at).set_index("Finding")
     assert detail.at[expected["finding"], "AUC"] == f"{expected['auc']:.3f}"
     assert list(detail.index) == list(FINDINGS)
 
@@ -277,3 +282,22 @@ def test_unexpected_failure_shows_a_message_and_logs_the_traceback(
     assert "Something went wrong" in at.error[0].value
     assert "simulated bug" not in at.error[0].value
     assert any(r.exc_info and "simulated bug" in str(r.exc_info[1]) for r in caplog.records)
+
+
+def test_simulation_drill_down_has_calibration_and_subgroups(sim_run, make_app) -> None:
+    at = open_page(make_app("--results", sim_run.store, "--min-positives", "1"), PER_SITE)
+    with StoreReader.open_readonly(sim_run.store) as reader:
+        subgroups = reader.subgroup_auc(sim_run.run_id, method=METHOD, site="N1")
+        calibration = reader.calibration(sim_run.run_id, METHOD, "N1", "common")
+    assert set(subgroups["attribute"]) == {"sex", "age_band", "view_position"}
+    assert calibration  # final evaluations of the simulation carry reliability diagrams
+    frames = [
+        convert_arrow_bytes_to_pandas_df(d.data.data)
+        for chart in at.get("vega_lite_chart")
+        for d in chart.proto.datasets
+    ]
+    diagrams = [f for f in frames if "mean_predicted" in f.columns and "count" in f.columns]
+    finding = at.selectbox(key="auc_finding").value
+    assert diagrams and diagrams[0]["count"].sum() == calibration[finding].n_images
+    table = next(d.value for d in at.dataframe if "Group" in d.value.columns)
+    assert set(table["Attribute"]) == {"Sex", "Age band (years)", "View"}

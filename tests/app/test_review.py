@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 
 from app.network import circle_layout, neighbours
@@ -17,7 +18,7 @@ from app.review import (
     training_positives,
 )
 from app.views.privacy import odds_factor, protected_unit
-from hospital_node.store_read import StoreReader
+from hospital_node.store.reader import StoreReader
 
 
 @pytest.mark.parametrize(
@@ -77,3 +78,31 @@ def test_privacy_wording() -> None:
     assert odds_factor(100.0) == "huge"
     assert "whole data set" in protected_unit("exchange")
     assert "one image" in protected_unit("dpsgd")
+
+
+@pytest.mark.parametrize("n_nodes", range(2, 17))
+def test_every_node_is_drawn_inside_the_frame_without_overlap(n_nodes):
+    from app.network import NETWORK_DOMAIN, NETWORK_PX, marker_radius_px, node_table
+
+    names = [f"Hospital-{i}" if i % 5 == 0 else f"N{i}" for i in range(1, n_nodes + 1)]
+    empty = pd.DataFrame(columns=["method", "site", "step", "state", "detail", "updated_at"])
+    traffic = pd.DataFrame(columns=["method", "src", "dst", "messages", "bytes", "rejected"])
+    sites = pd.DataFrame({"site": names, "n_train": [10] * n_nodes})
+    nodes = node_table(names, method="ecl-pdmm", status=empty, exchanges=traffic, sites=sites)
+
+    px_per_unit = NETWORK_PX / (2 * NETWORK_DOMAIN)
+    radius = (nodes["marker_area"] / math.pi) ** 0.5
+    centre_x = NETWORK_PX / 2 + nodes["x"] * px_per_unit
+    centre_y = NETWORK_PX / 2 - nodes["y"] * px_per_unit
+    assert ((centre_x - radius) >= 0).all() and ((centre_x + radius) <= NETWORK_PX).all()
+    assert ((centre_y - radius) >= 0).all() and ((centre_y + radius) <= NETWORK_PX).all()
+    gaps = [
+        math.dist((centre_x[i], centre_y[i]), (centre_x[j], centre_y[j]))
+        for i in range(n_nodes)
+        for j in range(i + 1, n_nodes)
+    ]
+    assert min(gaps) > 2 * marker_radius_px(n_nodes)
+    # a name fits its circle (about 0.62 em per bold character) unless the font is at its floor
+    fits = 0.62 * nodes["font_px"] * nodes["site"].str.len() <= 2 * radius
+    assert (fits | (nodes["font_px"] == 7.0)).all() and fits[nodes["site"].str.len() <= 3].all()
+    assert set(nodes["state_group"]) == {"unknown"}

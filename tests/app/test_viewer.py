@@ -23,10 +23,9 @@ from app.viewer import (
     resolve_in_folder,
 )
 from data_tools.labels import FINDINGS
-from hospital_node.configio import from_mapping
-from hospital_node.dicom import read_dicom_image
-from hospital_node.model import ModelConfig, build_model
-from hospital_node.store_read import StoreReader
+from hospital_node.data.dicom import read_dicom_image
+from hospital_node.store.reader import StoreReader
+from hospital_node.training.model import ModelConfig, build_model
 
 VIEWER = "views/case_viewer.py"
 METHOD, SITE = "ecl-pdmm", "N2"
@@ -48,7 +47,7 @@ def expected_probabilities(sim_run, path: Path) -> np.ndarray:
     """The stored model's output computed here, independently of the app."""
     with StoreReader.open_readonly(sim_run.store) as reader:
         config, state = reader.load_model(sim_run.run_id, METHOD, SITE)
-    model = build_model(from_mapping(ModelConfig, config))
+    model = build_model(ModelConfig.from_record(config))
     model.load_state_dict(state, strict=True)
     image = read_dicom_image(path, image_size=INPUT_SIZE)
     with torch.no_grad():

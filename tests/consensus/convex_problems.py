@@ -1,8 +1,9 @@
-"""Convex distributed problems with exact gradients and known minimisers, plus an event runner.
+"""Convex distributed problems with exact gradients and known minimisers, plus event runners.
 
 Importable by any test under tests/consensus (conftest.py puts this folder on sys.path):
     from convex_problems import least_squares_problem, build_algorithms, run_events
-`run_events(..., swap=...)` takes another swap function, e.g. one through a transport.
+`run_events(..., swap=...)` takes another swap function, e.g. one through a transport;
+`floor_mse` runs the noisy-gradient setting of benchmarks/bench_ecl_noise.py.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from torch import Tensor
 
 from consensus.algorithms import SERVER, Algorithm, FedAvgServer, make_algorithm
 from consensus.config import ConsensusConfig
-from consensus.exchange_schedule import Event, Round, Step, Swap
-from consensus.topology import Topology
+from consensus.exchange_schedule import Event, ExchangeSchedule, Round, Step, Swap
+from consensus.topology import Topology, ring
 
 DTYPE = torch.float64
 
@@ -217,3 +218,49 @@ def consensus_residual(algorithms: Mapping[str, Algorithm]) -> float:
     """max_ij ||w_i - w_j||."""
     models = [flat(a.params) for a in algorithms.values()]
     return max((x - y).norm().item() for x in models for y in models)
+
+
+def noise_scale(problem: ConvexProblem) -> float:
+    """The mean over nodes of the gradient norm at zero: the unit of the noise levels."""
+    zero = torch.zeros(problem.dim + 1, dtype=DTYPE)
+    return float(torch.stack([problem.flat_gradient(n, zero).norm() for n in problem.nodes]).mean())
+
+
+def floor_mse(
+    problem: ConvexProblem,
+    config: ConsensusConfig,
+    *,
+    noise: float,
+    steps: int,
+    exchange_interval: float,
+    seed: int,
+) -> float:
+    """Steady-state error on a ring with Gaussian gradient noise of `noise` x `noise_scale`.
+
+    The mean over the last 40 % of the first node's steps of mean_i ||w_i - w*||^2 (noise and
+    bias together). Seeded: every config sees the same events and the same noise draws.
+    """
+    topology = ring(problem.nodes)
+    optimum = problem.minimiser()
+    scale = noise * noise_scale(problem)
+    algorithms = build_algorithms(config, topology, problem)
+    generator = torch.Generator().manual_seed(seed)
+    schedule = ExchangeSchedule(
+        topology=topology, steps=steps, exchange_interval=exchange_interval, seed=seed
+    )
+    taken, errors = 0, []
+    for event in schedule:
+        if isinstance(event, Step):
+            algorithm = algorithms[event.node]
+            grads = problem.gradient(event.node, algorithm.params)
+            for g in grads.values():
+                g.add_(torch.randn(g.shape, generator=generator, dtype=g.dtype), alpha=scale)
+            algorithm.local_step(grads)
+            if event.node == problem.nodes[0]:
+                taken += 1
+                if taken > 0.6 * steps:
+                    models = torch.stack([flat(a.params) for a in algorithms.values()])
+                    errors.append(float(((models - optimum) ** 2).sum(dim=1).mean()))
+        elif isinstance(event, Swap):
+            direct_swap(algorithms[event.a], algorithms[event.b], event.lost_ab, event.lost_ba)
+    return sum(errors) / len(errors)

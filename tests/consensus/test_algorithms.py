@@ -113,7 +113,10 @@ def test_two_nodes_converge_to_the_global_minimiser() -> None:
     [
         ("ecl-pdmm", {}, {"y/bias", "y/weight"}),
         ("ecl-admm", {"proximity_weight": 0.1}, {"y/bias", "y/weight", "w/bias", "w/weight"}),
+        ("ecl-isvr-pdmm", {}, {"y/bias", "y/weight"}),
+        ("ecl-isvr-admm", {"momentum": 0.9}, {"y/bias", "y/weight"}),
         ("gossip", {}, {"w/bias", "w/weight"}),
+        ("gradient-tracking", {}, {"w/bias", "w/weight", "t/bias", "t/weight"}),
         ("fedavg", {}, {"w/bias", "w/weight", "num_samples"}),
         ("local", {}, set()),
     ],
@@ -228,9 +231,17 @@ RESUME_PROBLEM = least_squares_problem(RESUME_TOPOLOGY.nodes, seed=3)
 RESUME_CONFIGS = {
     "ecl-pdmm": {"proximity_weight": 0.2, "fan_in_scaling": True},
     "ecl-admm": {"lr_schedule": "cosine", "schedule_steps": 30, "min_learning_rate": 0.001},
+    "ecl-isvr-pdmm": {"isvr_local_steps": 4.0, "momentum": 0.5, "weight_decay": 0.01},
+    "ecl-isvr-admm": {
+        "lr_schedule": "cosine",
+        "schedule_steps": 30,
+        "min_learning_rate": 0.001,
+        "matched_step": True,
+    },
     "gossip": {"weight_decay": 0.01, "warmup_steps": 5},
+    "gradient-tracking": {"momentum": 0.9, "weight_decay": 0.01},
     "fedavg": {"lr_schedule": "cyclical", "cycle_steps": 4, "min_learning_rate": 0.001},
-    "local": {},
+    "local": {"momentum": 0.9},
 }
 
 

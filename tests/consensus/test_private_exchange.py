@@ -113,6 +113,25 @@ def test_ecl_dual_is_formed_from_the_release_never_from_the_model() -> None:
     assert private.privacy.accountant.releases == 2  # one per message, rho does not charge twice
 
 
+@pytest.mark.parametrize("method", ["ecl-isvr-pdmm", "ecl-isvr-admm"])
+def test_isvr_dual_is_formed_from_the_release_as_for_ecl(method: str) -> None:
+    plain = trained(node(method))
+    private = trained(node(method, private=privacy(RING.neighbours("N2"), seed=3)))
+    released = gaussian_release(
+        private.params,
+        PROBLEM.initial_params(),
+        clip_norm=1.0,
+        noise_multiplier=0.5,
+        generator=torch.Generator().manual_seed(3),
+    )
+    message = private.outgoing("N1")  # A_21 = -1: y_21 = z_21 + 2 released
+    assert set(message) == {"y/weight", "y/bias"}  # rho = 0: no model part
+    for k, y in strip(plain.outgoing("N1"), "y").items():
+        expected = y + 2 * (released[k] - private.params[k])
+        torch.testing.assert_close(message[f"y/{k}"], expected, rtol=0, atol=1e-12)
+    assert private.privacy.accountant.releases == 1
+
+
 def test_release_is_reference_plus_clipped_step_plus_the_generators_noise() -> None:
     sigma, clip = 0.2, 0.05
     peers = RING.neighbours("N2")

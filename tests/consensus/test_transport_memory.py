@@ -90,7 +90,9 @@ def test_ecl_pdmm_on_an_8_node_ring_converges_through_the_wire_with_losses() -> 
     assert stats.bytes_sent == stats.messages_sent * size
 
 
-@pytest.mark.parametrize("method", ["ecl-pdmm", "ecl-admm"])
+@pytest.mark.parametrize(
+    "method", ["ecl-pdmm", "ecl-admm", "ecl-isvr-pdmm", "ecl-isvr-admm", "gradient-tracking"]
+)
 def test_the_wire_is_lossless_bit_for_bit_the_direct_run(method: str) -> None:
     schedule = ExchangeSchedule(
         topology=TOPOLOGY, steps=60, exchange_interval=1.0, seed=5, loss_probability=0.2

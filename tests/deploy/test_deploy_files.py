@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from hospital_node.configio import parse_overrides
-from hospital_node.network import load_network
-from hospital_node.node_config import load_node_config
-from hospital_node.provision import provision
+from hospital_node.node.config import load_node_config
+from hospital_node.provisioning.network import load_network
+from hospital_node.provisioning.provision import provision
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE_SETS = [
@@ -52,7 +52,7 @@ def test_container_paths_all_land_on_state(tmp_path: Path) -> None:
         config.paths.state_dir,
         config.paths.results_store,
         config.paths.checkpoint_dir,
-        config.data_config().cache_dir,
+        config.data.cache_dir,
         config.paths.status_file,
         config.paths.boot_epoch_file,
     ]

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from hospital_node.configio import ConfigError, load_config, parse_overrides, to_dict
-from hospital_node.sim_config import SimulationConfig
+from hospital_node.simulation.config import SimulationConfig
 
 
 def test_overrides_keep_the_enclosing_defaults_of_a_nested_table(tmp_path: Path) -> None:
     toml = tmp_path / "sim.toml"
     toml.write_text('methods = ["local", "ecl-admm"]\n[network]\ntopology = "full"\n')
-    overrides = parse_overrides(["consensus.consensus_weight=1", "training.batched=false"])
+    overrides = parse_overrides(["consensus.consensus_weight=1", "batched=false"])
     config = load_config(SimulationConfig, toml, overrides)
     assert config.methods == ("local", "ecl-admm")
     assert config.network.topology == "full"
@@ -21,7 +21,7 @@ def test_overrides_keep_the_enclosing_defaults_of_a_nested_table(tmp_path: Path)
     assert config.consensus.consensus_weight == 1.0
     # the simulation's own default, not ConsensusConfig's
     assert config.consensus.learning_rate == SimulationConfig().consensus.learning_rate
-    assert config.training.batched is False
+    assert config.batched is False
 
 
 def test_round_trip_through_a_dict() -> None:
@@ -35,7 +35,7 @@ def test_round_trip_through_a_dict() -> None:
     [
         ("training.stepz=3", "unknown field"),
         ("training.steps=many", "expected int"),
-        ("training.batched=maybe", "expected true/false"),
+        ("batched=maybe", "expected true/false"),
         ("methods=local,teleport", "unknown method"),
         ("no-equals-sign", "section.field=value"),
     ],

@@ -1,0 +1,1 @@
+"""Per-finding evaluation: AUC with confidence intervals, ROC curves, consensus residual."""

@@ -1,0 +1,1 @@
+"""One hospital's node: lifecycle, configuration, swaps, privacy ledger, status and reports."""

@@ -1,0 +1,1 @@
+"""Provisioning a network: its description, the certificate authority, per-hospital bundles."""

@@ -1,0 +1,1 @@
+"""The N-hospital simulation (`ecl-sim`): every method on the same data, model and budget."""

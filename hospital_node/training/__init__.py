@@ -1,0 +1,1 @@
+"""The one training path of nodes and simulation: model, batches, augmentation, gradients."""
