@@ -33,14 +33,22 @@ def collect(runs: dict[str, Any], interval: str) -> dict[str, dict[str, list]]:
     return table
 
 
-def markdown(results: dict[str, Any]) -> str:
-    """One table per (split, interval): mean +- sd over seeds of each method."""
-    lines = ["# Converged-budget study", ""]
+def budget_line(results: dict[str, Any]) -> str:
+    """Where the budget came from: `--steps` if given, else the plateau stage's S."""
+    fixed = int(results.get("settings", {}).get("steps", "0"))
+    if fixed:
+        return f"Budget: {fixed:,} local steps per hospital, fixed with --steps."
     plateau = results.get("plateau", {})
-    lines.append(
+    return (
         f"Budget: {plateau.get('converged_steps')} local steps per hospital (plateau of the "
         f"tuned centralized reference, searched up to {plateau.get('max_steps')})."
     )
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """One table per (split, interval): mean +- sd over seeds of each method."""
+    lines = ["# Converged-budget study", ""]
+    lines.append(budget_line(results))
     for split, runs in results.get("runs", {}).items():
         tuned = ", ".join(results.get("tuned", {}).get(split, []))
         lines += ["", f"Tuned learning rates ({split}): {tuned}"]
