@@ -43,7 +43,9 @@ class LoadedWeights:
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Tensors of a `.safetensors` file, or of a torch file read with `weights_only=True`.
 
-    Never unpickles arbitrary objects: a file that needs more than tensors is refused.
+    Never unpickles arbitrary objects: a file that needs more than tensors is refused. The
+    path only ever comes from the operator's own configuration (node.toml or `ecl-sim` flags,
+    via `initial_model`): no peer message, stored record or app upload reaches this function.
     """
     path = Path(path).expanduser()
     if not path.is_file():

@@ -13,6 +13,8 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import pytest
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -21,6 +23,10 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
 ]
 ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "build" / "screenshots"  # screenshots and page-load timings of the browser tests
+NEEDS_CHROMIUM = pytest.mark.skipif(
+    not CHROMIUM.is_file(), reason=f"{CHROMIUM} is missing: apt-get install -y chromium"
+)
 START_TIMEOUT_S = 90.0
 STEP_TIMEOUT_MS = 60_000
 WIDTH = 1000

@@ -7,9 +7,9 @@ import json
 import pytest
 from app_browser import (
     CHART,
-    CHROMIUM,
+    NEEDS_CHROMIUM,
     PAGES,
-    ROOT,
+    SHOTS,
     AppStartError,
     chromium_page,
     open_page,
@@ -22,13 +22,10 @@ from app_browser import (
 
 from hospital_node.store.reader import StoreReader
 
-SHOTS = ROOT / "build" / "screenshots"
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.timeout(400),
-    pytest.mark.skipif(
-        not CHROMIUM.is_file(), reason=f"{CHROMIUM} is missing: apt-get install -y chromium"
-    ),
+    NEEDS_CHROMIUM,
 ]
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from app_browser import (
     CHART,
-    CHROMIUM,
-    ROOT,
+    NEEDS_CHROMIUM,
+    SHOTS,
     AppStartError,
     chromium_page,
     open_page,
@@ -30,13 +30,10 @@ from node_network import SITES
 
 from hospital_node.store.reader import StoreReader
 
-SHOTS = ROOT / "build" / "screenshots"
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.timeout(900),
-    pytest.mark.skipif(
-        not CHROMIUM.is_file(), reason=f"{CHROMIUM} is missing: apt-get install -y chromium"
-    ),
+    NEEDS_CHROMIUM,
 ]
 LISTED = re.compile(r"Hospitals in this view: ([A-Za-z0-9, -]+) \(")
 

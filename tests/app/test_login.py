@@ -8,8 +8,8 @@ import secrets
 import pytest
 from app_browser import (
     CHART,
-    CHROMIUM,
-    ROOT,
+    NEEDS_CHROMIUM,
+    SHOTS,
     AppStartError,
     chromium_browser,
     free_port,
@@ -21,14 +21,11 @@ from app_browser import (
 )
 from oidc_stub import RunningProvider, StubProvider
 
-SHOTS = ROOT / "build" / "screenshots"
 ALLOWED, STRANGER = "alice@hospital.example", "mallory@elsewhere.example"
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.timeout(400),
-    pytest.mark.skipif(
-        not CHROMIUM.is_file(), reason=f"{CHROMIUM} is missing: apt install chromium"
-    ),
+    NEEDS_CHROMIUM,
 ]
 
 
