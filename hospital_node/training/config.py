@@ -11,6 +11,9 @@ from typing import Any
 from data_tools.labels import NUM_FINDINGS
 
 ARCHITECTURES = ("compact", "densenet121")
+# How the last feature map becomes 14 logits: "pool" averages it to one vector (CheXNet);
+# "grid" keeps a coarse 4 x 4 layout, so a finding can be read where it lies on the film.
+HEADS = ("pool", "grid")
 PRECISIONS = ("fp32", "bf16")  # training.precision: float32, or bfloat16 autocast
 
 
@@ -29,6 +32,7 @@ class ModelConfig:
     # GroupNorm, not BatchNorm: batch statistics do not survive non-homogeneous sites or DP-SGD.
     norm_groups: int = 8
     dropout: float = 0.0
+    head: str = "pool"
     weights: str = ""
 
     @classmethod
@@ -43,6 +47,8 @@ class ModelConfig:
             raise ValueError(
                 f"model.architecture={self.architecture!r}: choose one of {ARCHITECTURES}"
             )
+        if self.head not in HEADS:
+            raise ValueError(f"model.head={self.head!r}: choose one of {HEADS}")
         if not 0 <= self.dropout < 1 or self.norm_groups < 1:
             raise ValueError("model.dropout must be in [0, 1) and model.norm_groups >= 1")
 

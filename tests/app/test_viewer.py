@@ -120,6 +120,17 @@ def test_probabilities_and_grad_cam(sim_run) -> None:
     assert rgb.shape == (*case.image.shape, 3) and rgb.dtype == np.uint8
 
 
+def test_grad_cam_works_on_a_grid_head_model(sim_run) -> None:
+    """A model trained with `model.head = "grid"` is rebuilt from its record and explained."""
+    config = {**ModelConfig(head="grid").__dict__, "image_size": INPUT_SIZE}
+    state = build_model(ModelConfig(head="grid")).state_dict()
+    stored = StoredModel(config=config, state=state, input_size=INPUT_SIZE)
+    case = load_case(dicom_files(sim_run, "MONOCHROME2")[0])
+    heat = grad_cam(build_classifier(stored), case.image, stored.input_size, "Cardiomegaly")
+    assert heat.shape == (INPUT_SIZE, INPUT_SIZE)
+    assert 0.0 <= heat.min() <= heat.max() <= 1.0
+
+
 def test_probability_table_calls_against_operating_points(sim_run) -> None:
     with StoreReader.open_readonly(sim_run.store) as reader:
         curves = {f: reader.roc(sim_run.run_id, METHOD, SITE, "common", f) for f in FINDINGS}

@@ -84,9 +84,10 @@ def test_site_batches_resume_exactly_with_augmentation() -> None:
         assert torch.equal(got.images, want.images) and torch.equal(got.labels, want.labels)
 
 
-def test_stacked_step_equals_one_model_at_a_time() -> None:
+@pytest.mark.parametrize("head", ["pool", "grid"])
+def test_stacked_step_equals_one_model_at_a_time(head: str) -> None:
     config = TrainingConfig(batch_size=4)
-    module = initial_model(ModelConfig(), seed=0)
+    module = initial_model(ModelConfig(head=head), seed=0)
     data = [site(seed=k) for k in range(3)]
 
     def trainers() -> list[HospitalTrainer]:
@@ -116,6 +117,24 @@ def test_positive_weights_come_from_the_site_labels_when_enabled() -> None:
     expected = torch.where(n_pos > 0, (len(labels) - n_pos) / n_pos.clamp(min=1), 1).clamp(max=20)
     torch.testing.assert_close(weighted.pos_weight, expected)
     assert (plain.pos_weight == 1).all()
+
+
+def test_grid_head_reads_every_cell_of_a_4x4_layout() -> None:
+    net = build_model(ModelConfig(head="grid"))
+    width = build_model(ModelConfig()).class_layers.out.in_features
+    assert net.class_layers.out.in_features == width * 16
+    for size in (64, 32):  # the head's size does not depend on the resolution
+        assert net(torch.rand(2, 1, size, size)).shape == (2, 14)
+    # Each cell has its own weights: a change confined to one corner of the last feature map
+    # moves the logits through that cell's slice of the head only.
+    features = torch.zeros(1, width, 4, 4)
+    corner = features.clone()
+    corner[..., 0, 0] = 1.0
+    delta = net.class_layers(corner) - net.class_layers(features)
+    cell = net.class_layers.out.weight.view(14, width, 4, 4)[..., 0, 0]
+    torch.testing.assert_close(delta[0], cell.sum(1))
+    with pytest.raises(ValueError, match="model.head"):
+        ModelConfig(head="attention")
 
 
 def test_initial_model_depends_on_the_seed_only() -> None:
@@ -157,6 +176,8 @@ def test_pretrained_weights_load_from_a_local_file(tmp_path) -> None:
     assert all(torch.equal(exact[k], v) for k, v in source.state_dict().items())
     assert report.head_kept == ("class_layers.out.weight", "class_layers.out.bias")
     assert report.adapted_channels == ("features.conv0.weight",)
+    grid = initial_model(ModelConfig(architecture="densenet121", head="grid"), seed=5)
+    assert load_weights(grid, foreign).head_kept == report.head_kept  # backbone taken
     torch.testing.assert_close(
         target.state_dict()["features.conv0.weight"], source.state_dict()["features.conv0.weight"]
     )
