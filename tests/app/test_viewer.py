@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +123,7 @@ def test_probabilities_and_grad_cam(sim_run) -> None:
 
 def test_grad_cam_works_on_a_grid_head_model(sim_run) -> None:
     """A model trained with `model.head = "grid"` is rebuilt from its record and explained."""
-    config = {**ModelConfig(head="grid").__dict__, "image_size": INPUT_SIZE}
+    config = {**asdict(ModelConfig(head="grid")), "image_size": INPUT_SIZE}
     state = build_model(ModelConfig(head="grid")).state_dict()
     stored = StoredModel(config=config, state=state, input_size=INPUT_SIZE)
     case = load_case(dicom_files(sim_run, "MONOCHROME2")[0])
